@@ -1,0 +1,93 @@
+"""The fast-path router: a pure, deterministic `plan(request, view)`.
+
+No I/O, no clocks, no randomness: the same request against the same view gives the same plan,
+in microseconds. Order of preference: a cache hit; a local instance (a GPU-capable one for GPU
+services while the GPU is under its busy threshold; the instance a request's affinity key hashes
+to, if it has room; else the instance with the fewest requests in flight); otherwise a reject
+with 503 and `Retry-After`. Peers and the cloud join this list in later tiers.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agent.view import View
+from tools.runtimes.base import Instance
+
+Tier = Literal["cache", "local", "peer", "cloud", "reject"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    """The part of a client request the router decides on."""
+
+    service: str
+    cached: bool = False
+    affinity: str | None = None
+    exclude: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    tier: Tier
+    instance: Instance | None = None
+    status: int = 200
+    retry_after_s: int | None = None
+    reason: str = ""
+
+    @property
+    def target(self) -> str:
+        if self.tier == "cache":
+            return "cache"
+        return self.instance.id if self.instance is not None else ""
+
+
+CACHE_HIT = Plan(tier="cache", reason="cache hit")
+
+
+def _affinity_choice(instances: Sequence[Instance], affinity: str) -> Instance:
+    """Rendezvous hashing: the same key picks the same instance while that one has room.
+
+    When the top-ranked instance is full or gone, the key moves to its next-ranked one only.
+    """
+    return max(instances, key=lambda inst: (zlib.crc32(f"{inst.id}\x00{affinity}".encode()), inst.id))
+
+
+def plan(request: PlanRequest, view: View) -> Plan:
+    """Decide where one request is served. Pure and deterministic."""
+    service = view.services.get(request.service)
+    if service is None:
+        return Plan(tier="reject", status=404, reason=f"unknown service {request.service!r}")
+    if request.cached:
+        return CACHE_HIT
+
+    ready = [inst for inst in view.instances.get(service.name, ()) if inst.id not in request.exclude]
+    outstanding = view.outstanding
+    capacity = view.instance_capacity
+    open_ = [inst for inst in ready if outstanding.get(inst.id, 0) < capacity]
+    if not open_:
+        why = "every local instance is at capacity" if ready else "no ready local instance"
+        return Plan(
+            tier="reject",
+            status=503,
+            retry_after_s=view.retry_after_s,
+            reason=f"{why} of {service.name} and no peer or cloud is configured",
+        )
+
+    if service.gpu:
+        on_gpu = [inst for inst in open_ if inst.gpu]
+        on_cpu = [inst for inst in open_ if not inst.gpu]
+        if on_gpu and (not view.gpu_busy or not on_cpu):
+            open_ = on_gpu
+        elif on_cpu:
+            open_ = on_cpu
+
+    if request.affinity is not None and service.affinity_key is not None:
+        pinned = _affinity_choice(open_, request.affinity)
+        return Plan(tier="local", instance=pinned, reason=f"affinity {service.affinity_key}")
+
+    chosen = min(open_, key=lambda inst: (outstanding.get(inst.id, 0), inst.id))
+    return Plan(tier="local", instance=chosen, reason="least outstanding requests")

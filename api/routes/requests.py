@@ -1,0 +1,81 @@
+"""`POST /v1/requests`: the clients' fast path."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from agent.dispatch import ClientCall, Outcome, canonical_json
+from api.auth import require
+from api.errors import error_body
+from api.schemas import ERROR_RESPONSES, ServiceRequest, ServiceResponse
+
+_COMPACT = (",", ":")
+
+router = APIRouter(prefix="/v1", tags=["requests"], dependencies=[Depends(require("client"))])
+
+
+def _server_timing(timings: dict[str, float]) -> str:
+    return ", ".join(f"{stage};dur={ms}" for stage, ms in timings.items())
+
+
+def render(outcome: Outcome, site_id: str, request_id: str) -> Response:
+    """The response body, with the result spliced in as the raw JSON the service produced."""
+    headers = {"Server-Timing": _server_timing(outcome.timings_ms), "X-Request-Id": request_id}
+    if outcome.error is not None or outcome.result_json is None:
+        error = outcome.error
+        body = error_body(error.code, error.message, error.field) if error else error_body("failed", "no result")
+        body["route"] = {"tier": outcome.tier, "site": site_id, "target": outcome.target}
+        body["request_id"] = request_id
+        if outcome.retry_after_s is not None:
+            headers["Retry-After"] = str(outcome.retry_after_s)
+        return JSONResponse(body, status_code=outcome.status, headers=headers)
+    route = json.dumps({"tier": outcome.tier, "site": site_id, "target": outcome.target}, separators=_COMPACT)
+    content = b"".join(
+        (
+            b'{"request_id":"',
+            request_id.encode(),
+            b'","service":',
+            json.dumps(outcome.service).encode(),
+            b',"result":',
+            outcome.result_json,
+            b',"route":',
+            route.encode(),
+            b',"cached":',
+            b"true" if outcome.cached else b"false",
+            b',"timings":',
+            json.dumps(outcome.timings_ms, separators=_COMPACT).encode(),
+            b"}",
+        )
+    )
+    return Response(content, status_code=200, media_type="application/json", headers=headers)
+
+
+@router.post(
+    "/requests",
+    response_model=ServiceResponse,
+    responses=ERROR_RESPONSES,
+    summary="Serve one client request",
+)
+async def serve_request(body: ServiceRequest, request: Request) -> Response:
+    """Serve a request from the cache or a local instance, within its latency budget.
+
+    The answer's `route` says where it was served (`cache`, `local`, later `peer`/`cloud`);
+    `timings` and the `Server-Timing` header give the milliseconds spent per stage.
+    """
+    site = request.app.state.site
+    call = ClientCall(
+        service=body.service,
+        payload=body.payload,
+        payload_json=canonical_json(body.payload),
+        client_kind=body.client.kind,
+        client_id=body.client.id,
+        latency_budget_ms=body.latency_budget_ms,
+        cache_key=body.cache_key,
+        cache_ttl_s=body.cache_ttl_s,
+    )
+    outcome = await site.dispatcher.serve(call)
+    return render(outcome, site.settings.site_id, uuid.uuid4().hex)

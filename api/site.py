@@ -1,0 +1,221 @@
+"""The composition root: one `Site` built from the settings, started and stopped with the app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from strands.types.tools import AgentTool
+
+from agent.dispatch import Dispatcher
+from agent.view import ServiceView, View
+from api.auth import KeyRing, generate_key
+from config.settings import Settings
+from monitoring.sampler import Sampler
+from tools.cache_manager import CacheManager, cache_manager_tool
+from tools.caches.memory import MemoryCache
+from tools.caches.redis import RedisCache
+from tools.container_ops import container_ops_tool
+from tools.metrics_monitor import GpuProbe, HostProbe, MetricsMonitor, RequestLog, metrics_monitor_tool
+from tools.runtimes.base import Runtime, RuntimeError_, WorkloadSpec
+
+log = logging.getLogger(__name__)
+
+
+def build_runtime(settings: Settings, gpu_available: bool) -> Runtime:
+    specs = {
+        name: WorkloadSpec(
+            name=name,
+            module=svc.module,
+            image=svc.image,
+            gpu=svc.gpu,
+            memory_mb=svc.memory_mb,
+            cpus=svc.cpus,
+            start_timeout_s=svc.start_timeout_s,
+        )
+        for name, svc in settings.services.items()
+    }
+    allowlist = set(settings.image_allowlist)
+    if settings.runtime == "docker":
+        from tools.runtimes.docker import DockerRuntime
+
+        return DockerRuntime(
+            specs,
+            allowlist,
+            site_id=settings.site_id,
+            host=settings.host if settings.host.startswith("127.") else "127.0.0.1",
+            docker_url=settings.docker_url,
+            supervise_interval_s=settings.supervise_interval_s,
+        )
+    from tools.runtimes.local import LocalRuntime
+
+    return LocalRuntime(
+        specs,
+        allowlist,
+        site_id=settings.site_id,
+        gpu_available=gpu_available,
+        supervise_interval_s=settings.supervise_interval_s,
+    )
+
+
+def _keys(settings: Settings) -> tuple[KeyRing, dict[str, str]]:
+    """The key ring; when no key is configured, one client and one operator key are generated."""
+    generated: dict[str, str] = {}
+    client_keys, operator_keys = list(settings.client_keys), list(settings.operator_keys)
+    if not client_keys and not operator_keys:
+        generated = {"client": generate_key("mec_client"), "operator": generate_key("mec_operator")}
+        client_keys, operator_keys = [generated["client"]], [generated["operator"]]
+    return KeyRing.build(client_keys, operator_keys), generated
+
+
+@dataclass
+class Site:
+    """Everything one MEC site runs, wired together from one `Settings`."""
+
+    settings: Settings
+    keys: KeyRing
+    generated_keys: dict[str, str]
+    runtime: Runtime
+    cache: CacheManager
+    monitor: MetricsMonitor
+    sampler: Sampler
+    client: httpx.AsyncClient
+    services: dict[str, ServiceView]
+    dispatcher: Dispatcher = field(init=False)
+    tools: list[AgentTool] = field(init=False)
+    start_errors: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.dispatcher = Dispatcher(self.view_for, self.cache, self.runtime, self.monitor.requests, self.client)
+        self.tools = [
+            metrics_monitor_tool(self.monitor),
+            container_ops_tool(self.runtime, {n: s.max_replicas for n, s in self.settings.services.items()}),
+            cache_manager_tool(self.cache),
+        ]
+
+    @classmethod
+    def build(cls, settings: Settings) -> Site:
+        keys, generated = _keys(settings)
+        gpu = GpuProbe()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        runtime = build_runtime(settings, gpu.available)
+        redis = RedisCache(settings.redis_url, settings.redis_timeout_s) if settings.redis_url else None
+        cache = CacheManager(
+            MemoryCache(settings.cache_max_entries),
+            redis,
+            near_ttl_s=settings.cache_near_ttl_s,
+            retry_s=settings.redis_retry_s,
+        )
+        requests = RequestLog()
+        monitor = MetricsMonitor(
+            HostProbe(settings.data_dir),
+            gpu,
+            requests,
+            runtime=runtime,
+            instance_stats_interval_s=settings.instance_stats_interval_s,
+        )
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            timeout=httpx.Timeout(5.0),
+        )
+        services = {
+            name: ServiceView(
+                name=name,
+                gpu=svc.gpu,
+                cacheable=svc.cacheable,
+                cache_ttl_s=svc.cache_ttl_s,
+                default_budget_ms=svc.default_budget_ms,
+                affinity_key=svc.affinity_key,
+                client_kinds=frozenset(svc.client_kinds),
+            )
+            for name, svc in settings.services.items()
+        }
+        return cls(
+            settings=settings,
+            keys=keys,
+            generated_keys=generated,
+            runtime=runtime,
+            cache=cache,
+            monitor=monitor,
+            sampler=Sampler(monitor, settings.sample_interval_s),
+            client=client,
+            services=services,
+        )
+
+    def view_for(self, service: str) -> View:
+        """The router's view for one request: live instance states, in-flight counts, GPU load."""
+        gpu_util = self.monitor.snapshot.gpu_max_utilization
+        return View(
+            site_id=self.settings.site_id,
+            services=self.services,
+            instances={service: self.runtime.ready_instances(service)},
+            outstanding=self.dispatcher.outstanding,
+            instance_capacity=self.settings.instance_capacity,
+            gpu_busy=gpu_util is not None and gpu_util >= self.settings.gpu_busy_pct,
+            retry_after_s=self.settings.retry_after_s,
+        )
+
+    async def start(self) -> None:
+        """Connect the cache, start every service's replicas, start sampling. Failures are reported, not fatal."""
+        if self.generated_keys:
+            self._write_generated_keys()
+        await self.cache.open()
+        results = await asyncio.gather(
+            *(self.runtime.scale(name, svc.replicas) for name, svc in self.settings.services.items()),
+            return_exceptions=True,
+        )
+        for name, result in zip(self.settings.services, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, RuntimeError_ | OSError):
+                    raise result
+                self.start_errors[name] = str(result)
+                log.error("service %s did not start: %s", name, result)
+        await self.sampler.start()
+
+    def _write_generated_keys(self) -> None:
+        path = self.settings.data_dir / "api-keys.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.generated_keys, out)
+
+    async def stop(self) -> None:
+        await self.sampler.stop()
+        try:
+            await self.runtime.close()
+        finally:
+            await self.client.aclose()
+            await self.cache.close()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the site can serve, and why: per-service instances and the cache backend."""
+        checks: dict[str, Any] = {}
+        serving = False
+        for name in self.services:
+            ready = len(self.runtime.ready_instances(name))
+            total = len(self.runtime.instances(name))
+            serving = serving or ready > 0
+            entry: dict[str, Any] = {"ready": ready, "instances": total}
+            if name in self.start_errors:
+                entry["error"] = self.start_errors[name]
+            checks[f"service:{name}"] = entry
+        cache = self.cache.stats()
+        if cache["redis_up"] is None:
+            checks["cache"] = {"backend": "memory", "status": "ok"}
+        elif cache["redis_up"]:
+            checks["cache"] = {"backend": "redis", "status": "ok"}
+        else:
+            checks["cache"] = {
+                "backend": "redis",
+                "status": "degraded",
+                "detail": f"redis unreachable ({cache['last_error']}); serving from the in-process cache",
+            }
+        degraded = any(
+            isinstance(c, dict) and (c.get("status") == "degraded" or c.get("ready") == 0) for c in checks.values()
+        )
+        status = "ready" if serving and not degraded else ("degraded" if serving else "not_ready")
+        return serving, {"status": status, "site": self.settings.site_id, "runtime": self.runtime.name, "checks": checks}

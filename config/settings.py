@@ -1,0 +1,195 @@
+"""The site's settings: one object, built once at start-up and passed down.
+
+Precedence, highest first: explicit overrides (CLI flags) > environment `MEC_*` > the operator's
+YAML file (`--config FILE` or `MEC_CONFIG`) > the embedded `config/default.yaml`. Services are
+merged key by key, so a YAML file or `MEC_SERVICES__SENSOR__REPLICAS=3` changes one field of one
+service without restating the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ClientKind = Literal["mobile", "iot", "gaming"]
+CommaList = Annotated[list[str], NoDecode]
+
+
+class ServiceSettings(BaseModel):
+    """One service the site may run, as the operator configured it."""
+
+    description: str = ""
+    module: str = Field(description="Python module of the workload, run as `python -m MODULE`.")
+    image: str = Field(description="Container image for the docker runtime.")
+    client_kinds: list[ClientKind] = Field(default_factory=lambda: ["mobile", "iot", "gaming"])
+    gpu: bool = False
+    replicas: int = Field(default=1, ge=0, le=64)
+    max_replicas: int = Field(default=8, ge=1, le=64)
+    default_budget_ms: int = Field(default=200, ge=1, le=60_000)
+    cacheable: bool = False
+    cache_ttl_s: float = Field(default=60.0, gt=0)
+    affinity_key: str | None = Field(
+        default=None, description="Payload field whose value pins a request to one instance."
+    )
+    memory_mb: int = Field(default=256, ge=32)
+    cpus: float = Field(default=1.0, gt=0)
+    start_timeout_s: float = Field(default=30.0, gt=0)
+    example_payload: dict[str, Any] = Field(default_factory=dict)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def default_config() -> dict[str, Any]:
+    """The embedded defaults shipped as `config/default.yaml`."""
+    text = resources.files("config").joinpath("default.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+class _YamlLayers(PydanticBaseSettingsSource):
+    """The embedded defaults with the operator's YAML file merged on top."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+class Settings(BaseSettings):
+    """Everything the site reads at start-up. Each field has the environment name MEC_<FIELD>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEC_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    site_id: str = Field(default="site-1", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    client_keys: CommaList = Field(default_factory=list)
+    operator_keys: CommaList = Field(default_factory=list)
+    redis_url: str | None = None
+    runtime: Literal["local", "docker"] = "local"
+    data_dir: Path = Path("data")
+    docker_url: str | None = Field(default=None, description="Docker engine URL; default from DOCKER_HOST.")
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    sample_interval_s: float = Field(default=0.5, gt=0)
+    instance_stats_interval_s: float = Field(default=2.0, gt=0)
+    gpu_busy_pct: float = Field(default=85.0, ge=0, le=100, description="GPU busy above this utilisation.")
+    instance_capacity: int = Field(
+        default=32, ge=1, description="Requests in flight per instance before it counts as full."
+    )
+    retry_after_s: int = Field(default=1, ge=1)
+    supervise_interval_s: float = Field(default=1.0, gt=0)
+
+    cache_max_entries: int = Field(default=50_000, ge=1)
+    cache_near_ttl_s: float = Field(
+        default=2.0, ge=0, description="Longest a Redis-backed entry is also kept in process memory."
+    )
+    redis_timeout_s: float = Field(default=0.25, gt=0)
+    redis_retry_s: float = Field(default=1.0, gt=0)
+
+    image_allowlist: CommaList = Field(
+        default_factory=list, description="Images that may be started; the services' images are always in."
+    )
+    services: dict[str, ServiceSettings] = Field(default_factory=dict)
+
+    @field_validator("client_keys", "operator_keys", "image_allowlist", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("client_keys", "operator_keys")
+    @classmethod
+    def _keys_long_enough(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if len(key) < 16:
+                raise ValueError("API keys must be at least 16 characters long")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, value: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
+        for name in value:
+            if not name.replace("-", "").isalnum() or name != name.lower():
+                raise ValueError(f"service name {name!r} must be lower-case letters, digits and '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _allow_service_images(self) -> Settings:
+        for service in self.services.values():
+            if service.image not in self.image_allowlist:
+                self.image_allowlist.append(service.image)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlLayers(settings_cls, _yaml_layers()))
+
+
+_CONFIG_FILE: list[Path | None] = [None]
+
+
+def _yaml_layers() -> dict[str, Any]:
+    data = default_config()
+    path = _CONFIG_FILE[0]
+    if path is not None:
+        data = _deep_merge(data, _read_yaml(path))
+    return data
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the site's settings from defaults, a YAML file, the environment and overrides.
+
+    `config_file` falls back to the `MEC_CONFIG` environment variable.
+    """
+    path = config_file or os.environ.get("MEC_CONFIG") or None
+    _CONFIG_FILE[0] = Path(path) if path else None
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    finally:
+        _CONFIG_FILE[0] = None

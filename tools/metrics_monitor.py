@@ -1,0 +1,340 @@
+"""Site metrics (`MetricsMonitor`) and the `metrics_monitor` tool that exposes them to the LLM.
+
+`MetricsMonitor.refresh()` samples the host (psutil), the GPUs (NVML), the runtime's instances
+and the site's own request log into one immutable `MetricsSnapshot`. A background sampler calls
+it every half second; the request path and the tool only read `monitor.snapshot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+from strands import tool
+from strands.types.tools import AgentTool
+
+from tools.runtimes.base import InstanceStats, Runtime
+
+
+@dataclass(frozen=True)
+class HostMetrics:
+    cpu_percent: float
+    cpu_count: int
+    load_1m: float
+    memory_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    disk_percent: float
+    disk_free_bytes: int
+    net_rx_bytes_per_s: float
+    net_tx_bytes_per_s: float
+
+
+@dataclass(frozen=True)
+class GpuMetrics:
+    index: int
+    name: str
+    utilization_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    temperature_c: float | None
+    power_w: float | None
+
+
+@dataclass(frozen=True)
+class ServiceRequestStats:
+    service: str
+    requests: int
+    rate_per_s: float
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    by_tier: dict[str, int]
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    taken_at: float
+    sample_ms: float
+    host: HostMetrics | None
+    gpu_available: bool
+    gpu_reason: str | None
+    gpus: tuple[GpuMetrics, ...]
+    instances: tuple[InstanceStats, ...]
+    requests: tuple[ServiceRequestStats, ...]
+    window_s: float
+
+    @property
+    def gpu_max_utilization(self) -> float | None:
+        if not self.gpus:
+            return None
+        return max(gpu.utilization_percent for gpu in self.gpus)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["gpu_max_utilization"] = self.gpu_max_utilization
+        return data
+
+
+EMPTY_SNAPSHOT = MetricsSnapshot(
+    taken_at=0.0,
+    sample_ms=0.0,
+    host=None,
+    gpu_available=False,
+    gpu_reason="not sampled yet",
+    gpus=(),
+    instances=(),
+    requests=(),
+    window_s=0.0,
+)
+
+
+class HostProbe:
+    """Host CPU, memory, disk and network through psutil (blocking: call it off the loop)."""
+
+    def __init__(self, disk_path: Path) -> None:
+        self.disk_path = disk_path
+        psutil.cpu_percent(interval=None)  # primes the counter; the first real call is meaningful
+        self._last_net: tuple[float, int, int] | None = None
+
+    def sample(self) -> HostMetrics:
+        now = time.monotonic()
+        memory = psutil.virtual_memory()
+        try:
+            disk = psutil.disk_usage(str(self.disk_path))
+            disk_percent, disk_free = disk.percent, disk.free
+        except OSError:
+            disk_percent, disk_free = math.nan, 0
+        net = psutil.net_io_counters()
+        rx_rate = tx_rate = 0.0
+        if self._last_net is not None:
+            then, rx, tx = self._last_net
+            elapsed = max(now - then, 1e-6)
+            rx_rate = (net.bytes_recv - rx) / elapsed
+            tx_rate = (net.bytes_sent - tx) / elapsed
+        self._last_net = (now, net.bytes_recv, net.bytes_sent)
+        return HostMetrics(
+            cpu_percent=psutil.cpu_percent(interval=None),
+            cpu_count=psutil.cpu_count() or 1,
+            load_1m=psutil.getloadavg()[0],
+            memory_percent=memory.percent,
+            memory_used_bytes=memory.total - memory.available,
+            memory_total_bytes=memory.total,
+            disk_percent=disk_percent,
+            disk_free_bytes=disk_free,
+            net_rx_bytes_per_s=rx_rate,
+            net_tx_bytes_per_s=tx_rate,
+        )
+
+
+class GpuProbe:
+    """NVIDIA GPUs through NVML. A machine without a driver is a normal case: no GPUs."""
+
+    def __init__(self) -> None:
+        self.available = False
+        self.reason: str | None = None
+        self._handles: list[Any] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            self._nvml = pynvml
+            self.available = count > 0
+            self.reason = None if count else "NVML found no GPU"
+        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            self.reason = f"no NVIDIA GPU: {type(exc).__name__}"
+
+    def sample(self) -> tuple[GpuMetrics, ...]:
+        if not self.available:
+            return ()
+        nvml = self._nvml
+        gpus = []
+        for index, handle in enumerate(self._handles):
+            util = nvml.nvmlDeviceGetUtilizationRates(handle)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            try:
+                temperature: float | None = float(nvml.nvmlDeviceGetTemperature(handle, 0))
+            except nvml.NVMLError:
+                temperature = None
+            try:
+                power: float | None = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
+            except nvml.NVMLError:
+                power = None
+            name = nvml.nvmlDeviceGetName(handle)
+            gpus.append(
+                GpuMetrics(
+                    index=index,
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    utilization_percent=float(util.gpu),
+                    memory_used_bytes=int(memory.used),
+                    memory_total_bytes=int(memory.total),
+                    temperature_c=temperature,
+                    power_w=power,
+                )
+            )
+        return tuple(gpus)
+
+
+def _percentile(ordered: Sequence[float], fraction: float) -> float:
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
+    return round(ordered[index], 3)
+
+
+LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+@dataclass
+class LatencyHistogram:
+    """Cumulative latency distribution of one service (Prometheus histogram semantics)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    total: int = 0
+    sum_ms: float = 0.0
+
+    def observe(self, latency_ms: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        self.total += 1
+        self.sum_ms += latency_ms
+
+
+class RequestLog:
+    """The site's requests: recent ones for rates and percentiles, totals since start.
+
+    `record` is O(1) on the request path; `summary` runs in the sampler's thread.
+    """
+
+    def __init__(self, window_s: float = 10.0, max_records: int = 100_000) -> None:
+        self.window_s = window_s
+        self._records: deque[tuple[float, str, str, int, float]] = deque(maxlen=max_records)
+        self.totals: dict[tuple[str, str, int], int] = {}
+        self.histograms: dict[str, LatencyHistogram] = {}
+
+    def record(self, service: str, tier: str, status: int, latency_ms: float) -> None:
+        self._records.append((time.monotonic(), service, tier, status, latency_ms))
+        slot = (service, tier, status)
+        self.totals[slot] = self.totals.get(slot, 0) + 1
+        histogram = self.histograms.get(service)
+        if histogram is None:
+            histogram = self.histograms[service] = LatencyHistogram()
+        histogram.observe(latency_ms)
+
+    def summary(self) -> tuple[ServiceRequestStats, ...]:
+        horizon = time.monotonic() - self.window_s
+        per_service: dict[str, list[tuple[str, int, float]]] = {}
+        for when, service, tier, status, latency in list(self._records):
+            if when >= horizon:
+                per_service.setdefault(service, []).append((tier, status, latency))
+        out = []
+        for service, rows in sorted(per_service.items()):
+            latencies = sorted(row[2] for row in rows)
+            by_tier: dict[str, int] = {}
+            for tier, _, _ in rows:
+                by_tier[tier] = by_tier.get(tier, 0) + 1
+            out.append(
+                ServiceRequestStats(
+                    service=service,
+                    requests=len(rows),
+                    rate_per_s=round(len(rows) / self.window_s, 3),
+                    errors=sum(1 for row in rows if row[1] >= 500),
+                    p50_ms=_percentile(latencies, 0.50),
+                    p95_ms=_percentile(latencies, 0.95),
+                    p99_ms=_percentile(latencies, 0.99),
+                    by_tier=by_tier,
+                )
+            )
+        return tuple(out)
+
+
+@dataclass
+class MetricsMonitor:
+    """Samples everything into `snapshot`; `refresh()` is what the background sampler awaits."""
+
+    host: HostProbe
+    gpu: GpuProbe
+    requests: RequestLog
+    runtime: Runtime | None = None
+    instance_stats_interval_s: float = 2.0
+    snapshot: MetricsSnapshot = field(default=EMPTY_SNAPSHOT)
+    _instances: tuple[InstanceStats, ...] = ()
+    _instances_at: float = 0.0
+
+    def _sample_blocking(
+        self,
+    ) -> tuple[HostMetrics, tuple[GpuMetrics, ...], tuple[ServiceRequestStats, ...]]:
+        return self.host.sample(), self.gpu.sample(), self.requests.summary()
+
+    async def refresh(self) -> MetricsSnapshot:
+        started = time.perf_counter()
+        host, gpus, requests = await asyncio.to_thread(self._sample_blocking)
+        now = time.monotonic()
+        if self.runtime is not None and now - self._instances_at >= self.instance_stats_interval_s:
+            self._instances = tuple(await self.runtime.stats())
+            self._instances_at = now
+        self.snapshot = MetricsSnapshot(
+            taken_at=time.time(),
+            sample_ms=round((time.perf_counter() - started) * 1000, 3),
+            host=host,
+            gpu_available=self.gpu.available,
+            gpu_reason=self.gpu.reason,
+            gpus=gpus,
+            instances=self._instances,
+            requests=requests,
+            window_s=self.requests.window_s,
+        )
+        return self.snapshot
+
+
+MetricsSection = Literal["all", "host", "gpu", "instances", "requests"]
+
+
+def metrics_monitor_tool(monitor: MetricsMonitor) -> AgentTool:
+    """Build the `metrics_monitor` tool over one site's metrics."""
+
+    @tool(name="metrics_monitor")
+    def metrics_monitor(section: MetricsSection = "all") -> dict[str, Any]:
+        """Report this edge site's current resource use and request performance.
+
+        The figures come from a snapshot the site refreshes every half second.
+
+        Args:
+            section: Which part to report: "host" (CPU %, load, memory, disk, network rates),
+                "gpu" (per NVIDIA GPU: utilization %, memory, temperature, power; an empty list
+                with a reason when the site has no GPU), "instances" (CPU % and memory of each
+                running service instance), "requests" (per service over the last window: request
+                rate, errors, p50/p95/p99 latency in ms, how many were served from cache, local
+                instances, peers or the cloud), or "all".
+
+        Returns:
+            A JSON object with the requested section(s) and the snapshot's age in seconds.
+        """
+        snap = monitor.snapshot
+        data = snap.to_dict()
+        out: dict[str, Any] = {"age_s": round(time.time() - snap.taken_at, 3) if snap.taken_at else None}
+        if section in ("all", "host"):
+            out["host"] = data["host"]
+        if section in ("all", "gpu"):
+            out["gpu"] = {
+                "available": snap.gpu_available,
+                "reason": snap.gpu_reason,
+                "devices": data["gpus"],
+            }
+        if section in ("all", "instances"):
+            out["instances"] = data["instances"]
+        if section in ("all", "requests"):
+            out["requests"] = {"window_s": snap.window_s, "services": data["requests"]}
+        return out
+
+    return metrics_monitor
