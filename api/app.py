@@ -14,12 +14,12 @@ from api.site import Site
 from config.settings import Settings
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """Pure ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or as it streams."""
+    """Pure ASGI middleware: 413 for a body over `limit` bytes.
+
+    A declared Content-Length is checked up front (the server enforces it); a chunked body is
+    read here up to the limit, then replayed to the app.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -31,36 +31,39 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
-                try:
-                    too_large = int(value) > self.limit
-                except ValueError:
-                    too_large = False
-                if too_large:
+                if value.isdigit() and int(value) > self.limit:
                     await self._reject(scope, receive, send)
                     return
-                break
-        seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+                await self.app(scope, receive, send)
+                return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
                 await self._reject(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, "too_large", f"the body exceeds the {self.limit}-byte limit", "body")

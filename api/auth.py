@@ -58,13 +58,18 @@ def require(scope: Scope) -> Callable[[Request], None]:
         kind, _, key = header.partition(" ")
         if kind.lower() != "bearer" or not key.strip():
             raise ApiError(
-                401, "invalid_key", "the Authorization header must be 'Bearer <key>'", "authorization",
+                401,
+                "invalid_key",
+                "the Authorization header must be 'Bearer <key>'",
+                "authorization",
                 {"WWW-Authenticate": "Bearer"},
             )
         keys: KeyRing = request.app.state.keys
         scopes = keys.scopes(key.strip())
         if scopes is None:
-            raise ApiError(401, "invalid_key", "unknown API key", "authorization", {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "invalid_key", "unknown API key", "authorization", {"WWW-Authenticate": "Bearer"}
+            )
         if scope not in scopes:
             raise ApiError(403, "forbidden", f"this key lacks the {scope!r} scope", "authorization")
 

@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run this site's API and its services")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, env MEC_HOST)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8080, env MEC_PORT; 0 picks a free one)")
+    serve.add_argument(
+        "--port", type=int, help="port to bind (default 8080, env MEC_PORT; 0 picks a free one)"
+    )
     serve.add_argument("--config", type=Path, help="YAML settings file (env MEC_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser

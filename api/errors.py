@@ -48,7 +48,13 @@ def _field_path(loc: Sequence[int | str]) -> str | None:
     return ".".join(parts) or None
 
 
-_STATUS_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_STATUS_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -62,7 +68,9 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = first.get("type", "")
         field = _field_path(first.get("loc", ()))
         if kind == "json_invalid":
-            return error_response(400, "invalid_json", f"the body is not valid JSON: {first.get('msg')}", "body")
+            return error_response(
+                400, "invalid_json", f"the body is not valid JSON: {first.get('msg')}", "body"
+            )
         if kind == "missing" and field is None:
             return error_response(400, "missing_body", "a JSON body is required", "body")
         if kind == "model_attributes_type" and field is None:

@@ -45,7 +45,9 @@ class ServiceRequest(BaseModel):
         max_length=256,
         description="Key for cacheable services; by default a digest of the payload.",
     )
-    cache_ttl_s: float | None = Field(default=None, gt=0, le=604_800, description="Lifetime of the cached answer.")
+    cache_ttl_s: float | None = Field(
+        default=None, gt=0, le=604_800, description="Lifetime of the cached answer."
+    )
 
 
 class Route(BaseModel):

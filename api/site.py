@@ -91,7 +91,9 @@ class Site:
     start_errors: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.dispatcher = Dispatcher(self.view_for, self.cache, self.runtime, self.monitor.requests, self.client)
+        self.dispatcher = Dispatcher(
+            self.view_for, self.cache, self.runtime, self.monitor.requests, self.client
+        )
         self.tools = [
             metrics_monitor_tool(self.monitor),
             container_ops_tool(self.runtime, {n: s.max_replicas for n, s in self.settings.services.items()}),
@@ -215,7 +217,13 @@ class Site:
                 "detail": f"redis unreachable ({cache['last_error']}); serving from the in-process cache",
             }
         degraded = any(
-            isinstance(c, dict) and (c.get("status") == "degraded" or c.get("ready") == 0) for c in checks.values()
+            isinstance(c, dict) and (c.get("status") == "degraded" or c.get("ready") == 0)
+            for c in checks.values()
         )
         status = "ready" if serving and not degraded else ("degraded" if serving else "not_ready")
-        return serving, {"status": status, "site": self.settings.site_id, "runtime": self.runtime.name, "checks": checks}
+        return serving, {
+            "status": status,
+            "site": self.settings.site_id,
+            "runtime": self.runtime.name,
+            "checks": checks,
+        }

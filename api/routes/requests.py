@@ -27,7 +27,9 @@ def render(outcome: Outcome, site_id: str, request_id: str) -> Response:
     headers = {"Server-Timing": _server_timing(outcome.timings_ms), "X-Request-Id": request_id}
     if outcome.error is not None or outcome.result_json is None:
         error = outcome.error
-        body = error_body(error.code, error.message, error.field) if error else error_body("failed", "no result")
+        body = (
+            error_body(error.code, error.message, error.field) if error else error_body("failed", "no result")
+        )
         body["route"] = {"tier": outcome.tier, "site": site_id, "target": outcome.target}
         body["request_id"] = request_id
         if outcome.retry_after_s is not None:

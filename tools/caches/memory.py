@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -19,7 +20,7 @@ class MemoryCache:
     Not thread-safe: it is used from the event loop only.
     """
 
-    def __init__(self, max_entries: int = 50_000, clock: type[time.monotonic] | None = None) -> None:
+    def __init__(self, max_entries: int = 50_000, clock: Callable[[], float] | None = None) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries

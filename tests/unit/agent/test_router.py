@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from collections import Counter
+
+from agent.router import PlanRequest, plan
+from agent.view import ServiceView, View
+from tools.runtimes.base import Instance
+
+
+def _service(name: str, gpu: bool = False, affinity: str | None = None) -> ServiceView:
+    return ServiceView(
+        name=name,
+        gpu=gpu,
+        cacheable=True,
+        cache_ttl_s=60,
+        default_budget_ms=100,
+        affinity_key=affinity,
+        client_kinds=frozenset({"mobile", "iot", "gaming"}),
+    )
+
+
+def _instance(instance_id: str, gpu: bool = False) -> Instance:
+    service = instance_id.rsplit("-", 1)[0]
+    return Instance(instance_id, service, "127.0.0.1", 1000, "img", gpu, state="running")
+
+
+def _view(
+    instances: list[Instance],
+    outstanding: dict[str, int] | None = None,
+    gpu_busy: bool = False,
+    capacity: int = 4,
+    services: list[ServiceView] | None = None,
+) -> View:
+    services = services or [_service("infer", gpu=True), _service("sensor", affinity="sensor_id")]
+    by_service: dict[str, list[Instance]] = {}
+    for inst in instances:
+        by_service.setdefault(inst.service, []).append(inst)
+    return View(
+        site_id="site-t",
+        services={s.name: s for s in services},
+        instances=by_service,
+        outstanding=outstanding or {},
+        instance_capacity=capacity,
+        gpu_busy=gpu_busy,
+        retry_after_s=2,
+    )
+
+
+def test_cache_hit_is_served_from_cache_without_an_instance() -> None:
+    decision = plan(PlanRequest("infer", cached=True), _view([]))
+    assert decision.tier == "cache"
+    assert decision.target == "cache"
+
+
+def test_unknown_service_is_rejected_with_404() -> None:
+    decision = plan(PlanRequest("nope"), _view([_instance("infer-1")]))
+    assert (decision.tier, decision.status) == ("reject", 404)
+
+
+def test_least_outstanding_instance_is_chosen() -> None:
+    view = _view(
+        [_instance("sensor-1"), _instance("sensor-2"), _instance("sensor-3")],
+        {"sensor-1": 3, "sensor-2": 1, "sensor-3": 2},
+    )
+    assert plan(PlanRequest("sensor"), view).target == "sensor-2"
+
+
+def test_ties_break_on_instance_id_so_plans_are_deterministic() -> None:
+    view = _view([_instance("sensor-2"), _instance("sensor-1")])
+    assert {plan(PlanRequest("sensor"), view).target for _ in range(10)} == {"sensor-1"}
+
+
+def test_gpu_service_prefers_gpu_instance_while_gpu_is_under_threshold() -> None:
+    view = _view([_instance("infer-1"), _instance("infer-2", gpu=True)], {"infer-2": 3})
+    assert plan(PlanRequest("infer"), view).target == "infer-2"
+
+
+def test_busy_gpu_sends_gpu_service_to_cpu_instance() -> None:
+    view = _view([_instance("infer-1"), _instance("infer-2", gpu=True)], gpu_busy=True)
+    assert plan(PlanRequest("infer"), view).target == "infer-1"
+
+
+def test_busy_gpu_still_serves_when_only_gpu_instances_exist() -> None:
+    view = _view([_instance("infer-2", gpu=True)], gpu_busy=True)
+    assert plan(PlanRequest("infer"), view).target == "infer-2"
+
+
+def test_full_instances_are_skipped() -> None:
+    view = _view([_instance("sensor-1"), _instance("sensor-2")], {"sensor-1": 4, "sensor-2": 4}, capacity=4)
+    decision = plan(PlanRequest("sensor"), view)
+    assert (decision.tier, decision.status, decision.retry_after_s) == ("reject", 503, 2)
+    assert "capacity" in decision.reason
+
+
+def test_no_ready_instance_rejects_with_503_and_retry_after() -> None:
+    decision = plan(PlanRequest("sensor"), _view([]))
+    assert (decision.status, decision.retry_after_s) == (503, 2)
+    assert "no ready local instance" in decision.reason
+
+
+def test_excluded_instance_is_not_planned_again() -> None:
+    view = _view([_instance("sensor-1"), _instance("sensor-2")])
+    assert plan(PlanRequest("sensor", exclude=frozenset({"sensor-1"})), view).target == "sensor-2"
+
+
+def test_affinity_key_pins_a_sensor_to_one_instance_and_spreads_sensors() -> None:
+    view = _view([_instance("sensor-1"), _instance("sensor-2"), _instance("sensor-3")])
+    first = plan(PlanRequest("sensor", affinity="turbine-7"), view).target
+    busy = _view([_instance("sensor-1"), _instance("sensor-2"), _instance("sensor-3")], {first: 3})
+    assert plan(PlanRequest("sensor", affinity="turbine-7"), busy).target == first
+    spread = Counter(plan(PlanRequest("sensor", affinity=f"s{i}"), view).target for i in range(300))
+    assert set(spread) == {"sensor-1", "sensor-2", "sensor-3"}
+    assert min(spread.values()) > 50
+
+
+def test_affinity_moves_only_when_pinned_instance_is_full_or_gone() -> None:
+    instances = [_instance("sensor-1"), _instance("sensor-2"), _instance("sensor-3")]
+    pinned = {
+        f"s{i}": plan(PlanRequest("sensor", affinity=f"s{i}"), _view(instances)).target for i in range(60)
+    }
+    without_one = _view([inst for inst in instances if inst.id != "sensor-3"])
+    for key, target in pinned.items():
+        moved = plan(PlanRequest("sensor", affinity=key), without_one).target
+        if target != "sensor-3":
+            assert moved == target, f"{key} moved from {target} to {moved} though its instance stayed"
+    full = _view(instances, {"sensor-1": 4}, capacity=4)
+    assert all(plan(PlanRequest("sensor", affinity=k), full).target != "sensor-1" for k in pinned)

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from api.auth import KeyRing, generate_key
+
+
+def test_operator_keys_hold_both_scopes_client_keys_one() -> None:
+    ring = KeyRing.build(["client-key-000000000"], ["operator-key-0000000"])
+    assert ring.scopes("client-key-000000000") == {"client"}
+    assert ring.scopes("operator-key-0000000") == {"client", "operator"}
+    assert ring.scopes("client-key-00000000") is None
+
+
+def test_keys_are_stored_as_digests_not_plain_text() -> None:
+    ring = KeyRing.build(["client-key-000000000"], [])
+    assert all(len(digest) == 32 for digest in ring.scopes_by_digest)
+    assert b"client-key" not in b"".join(ring.scopes_by_digest)
+
+
+def test_generated_keys_are_unique_and_long() -> None:
+    keys = {generate_key("mec_client") for _ in range(50)}
+    assert len(keys) == 50
+    assert all(k.startswith("mec_client_") and len(k) >= 40 for k in keys)
