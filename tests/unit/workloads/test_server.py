@@ -1,0 +1,382 @@
+"""The workloads as real processes, spoken to over HTTP/1.1 with keep-alive."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workloads import game_state, inference, sensor
+from workloads.server import MAX_BODY_BYTES, PayloadError, WorkloadHTTPServer
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+START_TIMEOUT_S = 30.0
+
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "inference": inference.EXAMPLE_PAYLOAD,
+    "sensor": sensor.EXAMPLE_PAYLOAD,
+    "game_state": game_state.EXAMPLE_PAYLOAD,
+}
+INVALID_FIELD: dict[str, tuple[dict[str, Any], str]] = {
+    "inference": ({"text": 5}, "payload.text"),
+    "sensor": ({"sensor_id": "s", "value": "hot"}, "payload.value"),
+    "game_state": (
+        {"session_id": "s", "player_id": "p", "seq": -4, "state": {"x": 1, "y": 1}},
+        "payload.seq",
+    ),
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningWorkload:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    stderr_path: Path
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+def _start(name: str, tmp_path: Path, *, port_by_env: bool = False) -> RunningWorkload:
+    port = _free_port()
+    env = {**os.environ, "MEC_WORKLOAD_DEVICE": "python", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", f"workloads.{name}"]
+    if port_by_env:
+        env["MEC_WORKLOAD_PORT"] = str(port)
+    else:
+        command += ["--port", str(port)]
+    stderr_path = tmp_path / f"{name}-{port}.stderr"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    workload = RunningWorkload(name, port, process, stderr_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited with {process.returncode}: {workload.stderr()}")
+        connection = workload.connect()
+        try:
+            connection.request("GET", "/healthz")
+            if connection.getresponse().status == 200:
+                return workload
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            connection.close()
+    _kill(process)
+    raise AssertionError(f"{name} did not answer /healthz within {START_TIMEOUT_S}s: {workload.stderr()}")
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module", params=sorted(EXAMPLES))
+def workload(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningWorkload]:
+    running = _start(request.param, tmp_path_factory.mktemp("workloads"))
+    try:
+        yield running
+    finally:
+        _kill(running.process)
+
+
+@pytest.fixture
+def connection(workload: RunningWorkload) -> Iterator[http.client.HTTPConnection]:
+    conn = workload.connect()
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _exchange(
+    conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
+) -> tuple[http.client.HTTPResponse, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    raw = response.read()
+    assert response.getheader("Content-Type") == "application/json"
+    assert int(response.getheader("Content-Length")) == len(raw)
+    return response, json.loads(raw)
+
+
+def _assert_error(body: dict[str, Any], code: str, field: str | None = None) -> None:
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "field"}
+    assert body["error"]["code"] == code
+    assert body["error"]["field"] == field
+    assert "Traceback" not in body["error"]["message"]
+
+
+def test_healthz_reports_ok_and_the_service_name(
+    workload: RunningWorkload, connection: http.client.HTTPConnection
+) -> None:
+    response, body = _exchange(connection, "GET", "/healthz")
+
+    assert response.status == 200
+    assert body["status"] == "ok"
+    assert body["service"] == workload.name
+
+
+def test_two_invocations_share_one_keep_alive_connection(
+    workload: RunningWorkload, connection: http.client.HTTPConnection
+) -> None:
+    payload = json.dumps(EXAMPLES[workload.name]).encode()
+
+    first, first_body = _exchange(connection, "POST", "/invoke", payload)
+    socket_after_first = connection.sock
+    second, second_body = _exchange(connection, "POST", "/invoke", payload)
+
+    assert (first.status, second.status) == (200, 200)
+    assert not first.will_close
+    assert connection.sock is socket_after_first is not None
+    assert "error" not in first_body
+    assert "error" not in second_body
+
+
+@pytest.mark.parametrize("workload", ["inference"], indirect=True)
+def test_inference_answers_with_a_label_over_http(connection: http.client.HTTPConnection) -> None:
+    response, body = _exchange(
+        connection, "POST", "/invoke", b'{"text": "navigate to the nearest gas station"}'
+    )
+
+    assert response.status == 200
+    assert body["label"] == "navigation"
+    assert body["device"] == "cpu"
+
+
+@pytest.mark.parametrize("workload", ["sensor"], indirect=True)
+def test_replies_on_a_keep_alive_connection_do_not_stall(connection: http.client.HTTPConnection) -> None:
+    """A reply written in pieces would wait for the client's delayed ACK (≈ 40 ms) each time."""
+    durations = []
+    for value in range(30):
+        started = time.perf_counter()
+        response, _ = _exchange(
+            connection, "POST", "/invoke", json.dumps({"sensor_id": "s", "value": value}).encode()
+        )
+        durations.append((time.perf_counter() - started) * 1000.0)
+        assert response.status == 200
+
+    assert statistics.median(durations) < 20.0
+
+
+@pytest.mark.parametrize("workload", ["sensor"], indirect=True)
+def test_head_healthz_sends_headers_only(connection: http.client.HTTPConnection) -> None:
+    connection.request("HEAD", "/healthz")
+    response = connection.getresponse()
+
+    assert response.status == 200
+    assert int(response.getheader("Content-Length")) > 0
+    assert response.read() == b""
+
+
+def test_invalid_json_is_400_and_the_connection_stays_usable(
+    workload: RunningWorkload, connection: http.client.HTTPConnection
+) -> None:
+    response, body = _exchange(connection, "POST", "/invoke", b'{"text": ')
+    assert response.status == 400
+    _assert_error(body, "invalid_json")
+
+    again, _ = _exchange(connection, "POST", "/invoke", json.dumps(EXAMPLES[workload.name]).encode())
+    assert again.status == 200
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"text"', b"null", b"42"])
+def test_body_that_is_not_an_object_is_400(connection: http.client.HTTPConnection, body: bytes) -> None:
+    response, error = _exchange(connection, "POST", "/invoke", body)
+
+    assert response.status == 400
+    _assert_error(error, "invalid_body", "payload")
+
+
+def test_non_finite_json_constants_are_400(connection: http.client.HTTPConnection) -> None:
+    response, error = _exchange(connection, "POST", "/invoke", b'{"value": NaN}')
+
+    assert response.status == 400
+    _assert_error(error, "invalid_json")
+
+
+def test_invalid_field_is_400_naming_the_field(
+    workload: RunningWorkload, connection: http.client.HTTPConnection
+) -> None:
+    payload, field = INVALID_FIELD[workload.name]
+
+    response, body = _exchange(connection, "POST", "/invoke", json.dumps(payload).encode())
+
+    assert response.status == 400
+    _assert_error(body, "invalid_payload", field)
+
+
+def test_unknown_path_is_404(connection: http.client.HTTPConnection) -> None:
+    for method, body in (("GET", None), ("POST", b"{}")):
+        response, error = _exchange(connection, method, "/v1/nothing-here", body)
+        assert response.status == 404
+        _assert_error(error, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("GET", "/invoke", "POST"), ("PUT", "/invoke", "POST"), ("POST", "/healthz", "GET, HEAD")],
+)
+def test_wrong_method_is_405_with_allow(
+    connection: http.client.HTTPConnection, method: str, path: str, allow: str
+) -> None:
+    response, error = _exchange(connection, method, path, b"{}" if method != "GET" else None)
+
+    assert response.status == 405
+    assert response.getheader("Allow") == allow
+    _assert_error(error, "method_not_allowed")
+
+
+def test_body_over_one_mebibyte_is_413_without_being_read(connection: http.client.HTTPConnection) -> None:
+    connection.putrequest("POST", "/invoke")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
+    connection.endheaders()  # the body is never sent: the reply must come from the header alone
+
+    response = connection.getresponse()
+    body = json.loads(response.read())
+
+    assert response.status == 413
+    assert response.will_close
+    _assert_error(body, "payload_too_large")
+
+
+def test_body_without_content_length_is_411(connection: http.client.HTTPConnection) -> None:
+    connection.putrequest("POST", "/invoke")
+    connection.endheaders()
+
+    response = connection.getresponse()
+
+    assert response.status == 411
+    _assert_error(json.loads(response.read()), "length_required")
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_sigterm_stops_the_workload_with_exit_code_zero(name: str, tmp_path: Path) -> None:
+    running = _start(name, tmp_path)
+    try:
+        idle = running.connect()
+        idle.request("GET", "/healthz")
+        idle.getresponse().read()  # an open keep-alive connection must not hold the shutdown
+
+        os.kill(running.process.pid, signal.SIGTERM)
+
+        assert running.process.wait(timeout=10) == 0
+        idle.close()
+        assert f"{name} listening on http://127.0.0.1:{running.port}" in running.stderr()
+    finally:
+        _kill(running.process)
+
+
+def test_port_can_come_from_the_environment(tmp_path: Path) -> None:
+    running = _start("sensor", tmp_path, port_by_env=True)
+    try:
+        os.kill(running.process.pid, signal.SIGTERM)
+        assert running.process.wait(timeout=10) == 0
+    finally:
+        _kill(running.process)
+
+
+def test_missing_port_is_a_usage_error() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "MEC_WORKLOAD_PORT"}
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "workloads.sensor"], cwd=REPO_ROOT, env=env, capture_output=True, timeout=60
+    )
+
+    assert completed.returncode == 2
+    assert b"--port" in completed.stderr
+
+
+def test_service_that_cannot_be_built_exits_with_code_one() -> None:
+    env = {**os.environ, "MEC_WORKLOAD_DEVICE": "abacus"}
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "workloads.inference", "--port", str(_free_port())],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+
+    assert completed.returncode == 1
+    assert b"inference: cannot start" in completed.stderr
+    assert b"MEC_WORKLOAD_DEVICE" in completed.stderr
+
+
+class _BrokenWorkload:
+    """A real workload whose invoke fails the way a bug would."""
+
+    name = "broken"
+
+    def info(self) -> dict[str, Any]:
+        return {"flavour": "broken"}
+
+    def invoke(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if payload.get("bad"):
+            raise PayloadError("bad is not allowed", "payload.bad")
+        return {"ratio": 1 / payload.get("divisor", 0)}
+
+
+def test_unexpected_exception_is_500_with_the_traceback_only_on_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    server = WorkloadHTTPServer(("127.0.0.1", 0), _BrokenWorkload())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        health, health_body = _exchange(conn, "GET", "/healthz")
+        failed, failed_body = _exchange(conn, "POST", "/invoke", b"{}")
+        refused, refused_body = _exchange(conn, "POST", "/invoke", b'{"bad": true}')
+        fine, fine_body = _exchange(conn, "POST", "/invoke", b'{"divisor": 4}')
+    finally:
+        conn.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    assert (health.status, health_body) == (200, {"status": "ok", "service": "broken", "flavour": "broken"})
+    assert failed.status == 500
+    _assert_error(failed_body, "internal_error")
+    assert refused.status == 400
+    _assert_error(refused_body, "invalid_payload", "payload.bad")
+    assert (fine.status, fine_body) == (200, {"ratio": 0.25})
+    logged = capfd.readouterr().err
+    assert "Traceback" in logged
+    assert "ZeroDivisionError" in logged
