@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 
 import uvicorn
@@ -63,6 +64,16 @@ async def _serve(settings: Settings, log_level: str) -> None:
     await task
 
 
+def _run_event_loop(main: Coroutine[None, None, None]) -> None:
+    """Run on uvloop when it is installed (uvicorn[standard] brings it), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -78,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mec: invalid settings: {exc}", file=sys.stderr)
             return 2
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(settings, args.log_level))
+            _run_event_loop(_serve(settings, args.log_level))
         return 0
     return 2
 
