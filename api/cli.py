@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="YAML settings file (env MEC_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    images = sub.add_parser(
+        "images",
+        help="build the workload images for MEC_RUNTIME=docker (offline; see `mec images -- --help`)",
+    )
+    images.add_argument("options", nargs=argparse.REMAINDER, help="options of tools.runtimes.images")
     return parser
 
 
@@ -77,7 +82,7 @@ def _run_event_loop(main: Coroutine[None, None, None]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
+        level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -91,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             _run_event_loop(_serve(settings, args.log_level))
         return 0
+    if args.command == "images":
+        from tools.runtimes.images import main as build_images
+
+        return build_images([opt for opt in args.options if opt != "--"])
     return 2
 
 

@@ -113,6 +113,26 @@ class Runtime(ABC):
 
     name: str
 
+    def __init__(self, specs: dict[str, WorkloadSpec], image_allowlist: set[str], site_id: str) -> None:
+        self.specs = dict(specs)
+        self.image_allowlist = frozenset(image_allowlist)
+        self.site_id = site_id
+
+    def admit(self, service: str, image: str | None = None) -> tuple[WorkloadSpec, str]:
+        """The spec and image to run, or `NotAllowedError`. Checks memory only, never the engine."""
+        spec = self.specs.get(service)
+        if spec is None:
+            raise NotAllowedError(
+                f"service {service!r} is not in the allowlist of site {self.site_id} "
+                f"(allowed: {', '.join(sorted(self.specs)) or 'none'})"
+            )
+        chosen = image or spec.image
+        if chosen not in self.image_allowlist:
+            raise NotAllowedError(
+                f"image {chosen!r} for service {service!r} is not in the image allowlist of site {self.site_id}"
+            )
+        return spec, chosen
+
     @abstractmethod
     async def start(self, service: str, count: int = 1, image: str | None = None) -> list[Instance]:
         """Start `count` more instances of an allowlisted service; return them once healthy."""

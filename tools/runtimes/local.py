@@ -27,7 +27,6 @@ import psutil
 from tools.runtimes.base import (
     Instance,
     InstanceStats,
-    NotAllowedError,
     Runtime,
     StartError,
     UnknownInstanceError,
@@ -75,9 +74,7 @@ class LocalRuntime(Runtime):
         workdir: Path | None = None,
         supervise_interval_s: float = 1.0,
     ) -> None:
-        self.specs = specs
-        self.image_allowlist = image_allowlist
-        self.site_id = site_id
+        super().__init__(specs, image_allowlist, site_id)
         self.host = host
         self.gpu_available = gpu_available
         self.python = python
@@ -88,35 +85,23 @@ class LocalRuntime(Runtime):
         self._http = httpx.AsyncClient(timeout=1.0)
         self._health_task: asyncio.Task[None] | None = None
 
-    # -- allowlist -------------------------------------------------------------------------
-
-    def _check_allowed(self, service: str, image: str | None) -> WorkloadSpec:
-        spec = self.specs.get(service)
-        if spec is None:
-            raise NotAllowedError(
-                f"service {service!r} is not in this site's allowlist (allowed: {sorted(self.specs)})"
-            )
-        if image is not None and image not in self.image_allowlist:
-            raise NotAllowedError(f"image {image!r} is not in this site's image allowlist")
-        return spec
-
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, service: str, count: int = 1, image: str | None = None) -> list[Instance]:
-        spec = self._check_allowed(service, image)
+        spec, chosen = self.admit(service, image)
         if count < 1:
             raise ValueError("count must be at least 1")
         self._ensure_health_loop()
-        return list(await asyncio.gather(*(self._start_one(spec, image) for _ in range(count))))
+        return list(await asyncio.gather(*(self._start_one(spec, chosen) for _ in range(count))))
 
-    async def _start_one(self, spec: WorkloadSpec, image: str | None) -> Instance:
+    async def _start_one(self, spec: WorkloadSpec, image: str) -> Instance:
         self._serial[spec.name] = self._serial.get(spec.name, 0) + 1
         instance = Instance(
             id=f"{spec.name}-{self._serial[spec.name]}",
             service=spec.name,
             host=self.host,
             port=free_port(self.host),
-            image=image or spec.image,
+            image=image,
             gpu=spec.gpu and self.gpu_available,
         )
         managed = _Managed(instance=instance, spec=spec)
@@ -295,7 +280,7 @@ class LocalRuntime(Runtime):
         return managed.instance
 
     async def scale(self, service: str, replicas: int) -> list[Instance]:
-        spec = self._check_allowed(service, None)
+        spec, _ = self.admit(service)
         if replicas < 0:
             raise ValueError("replicas must be 0 or more")
         current = self.instances(service)
