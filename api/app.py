@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response, install_error_handlers
 from api.routes import ops, requests, services
+from api.schemas import ServiceRequest
 from api.site import Site
 from config.settings import Settings
 
@@ -70,6 +73,18 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+def _openapi_with_request_body(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the request models that routes parse themselves."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        body = ServiceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components["ServiceRequest"] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
     """Build the API for one site. The site starts and stops with the app's lifespan."""
     site = site or Site.build(settings)
@@ -89,6 +104,7 @@ def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.site = site
+    app.openapi = lambda: _openapi_with_request_body(app)  # type: ignore[method-assign]
     app.state.keys = site.keys
     install_error_handlers(app)
     app.include_router(requests.router)

@@ -73,7 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         if kind == "missing" and field is None:
             return error_response(400, "missing_body", "a JSON body is required", "body")
-        if kind == "model_attributes_type" and field is None:
+        if kind in ("model_type", "model_attributes_type") and field is None:
             return error_response(400, "invalid_body", "the body must be a JSON object", "body")
         message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
         return error_response(422, "invalid_field", message, field)

@@ -210,45 +210,70 @@ class LatencyHistogram:
         self.sum_ms += latency_ms
 
 
+@dataclass
+class _ServiceWindow:
+    """One service's recent requests: per-second counters plus the latest latencies."""
+
+    seconds: deque[tuple[int, dict[tuple[str, int], int]]]
+    latencies: deque[float]
+
+
 class RequestLog:
     """The site's requests: recent ones for rates and percentiles, totals since start.
 
-    `record` is O(1) on the request path; `summary` runs in the sampler's thread.
+    `record` is O(1) on the request path. `summary` (in the sampler's thread) costs the same at
+    any request rate: counts are kept per second, and percentiles come from the most recent
+    `latency_samples` requests of each service.
     """
 
-    def __init__(self, window_s: float = 10.0, max_records: int = 100_000) -> None:
+    def __init__(self, window_s: float = 10.0, latency_samples: int = 2048) -> None:
         self.window_s = window_s
-        self._records: deque[tuple[float, str, str, int, float]] = deque(maxlen=max_records)
+        self.latency_samples = latency_samples
+        self._windows: dict[str, _ServiceWindow] = {}
         self.totals: dict[tuple[str, str, int], int] = {}
         self.histograms: dict[str, LatencyHistogram] = {}
 
     def record(self, service: str, tier: str, status: int, latency_ms: float) -> None:
-        self._records.append((time.monotonic(), service, tier, status, latency_ms))
         slot = (service, tier, status)
         self.totals[slot] = self.totals.get(slot, 0) + 1
         histogram = self.histograms.get(service)
-        if histogram is None:
+        window = self._windows.get(service)
+        if histogram is None or window is None:
             histogram = self.histograms[service] = LatencyHistogram()
+            window = self._windows[service] = _ServiceWindow(
+                deque(maxlen=int(self.window_s) + 2), deque(maxlen=self.latency_samples)
+            )
         histogram.observe(latency_ms)
+        second = int(time.monotonic())
+        if not window.seconds or window.seconds[-1][0] != second:
+            window.seconds.append((second, {}))
+        counts = window.seconds[-1][1]
+        key = (tier, status)
+        counts[key] = counts.get(key, 0) + 1
+        window.latencies.append(latency_ms)
 
     def summary(self) -> tuple[ServiceRequestStats, ...]:
-        horizon = time.monotonic() - self.window_s
-        per_service: dict[str, list[tuple[str, int, float]]] = {}
-        for when, service, tier, status, latency in list(self._records):
-            if when >= horizon:
-                per_service.setdefault(service, []).append((tier, status, latency))
+        horizon = int(time.monotonic()) - int(self.window_s)
         out = []
-        for service, rows in sorted(per_service.items()):
-            latencies = sorted(row[2] for row in rows)
+        for service, window in sorted(list(self._windows.items())):
             by_tier: dict[str, int] = {}
-            for tier, _, _ in rows:
-                by_tier[tier] = by_tier.get(tier, 0) + 1
+            requests = errors = 0
+            for second, counts in list(window.seconds):
+                if second <= horizon:
+                    continue
+                for (tier, status), count in list(counts.items()):
+                    by_tier[tier] = by_tier.get(tier, 0) + count
+                    requests += count
+                    errors += count if status >= 500 else 0
+            if not requests:
+                continue
+            latencies = sorted(list(window.latencies)[-requests:])
             out.append(
                 ServiceRequestStats(
                     service=service,
-                    requests=len(rows),
-                    rate_per_s=round(len(rows) / self.window_s, 3),
-                    errors=sum(1 for row in rows if row[1] >= 500),
+                    requests=requests,
+                    rate_per_s=round(requests / self.window_s, 3),
+                    errors=errors,
                     p50_ms=_percentile(latencies, 0.50),
                     p95_ms=_percentile(latencies, 0.95),
                     p99_ms=_percentile(latencies, 0.99),

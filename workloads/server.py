@@ -142,6 +142,7 @@ class WorkloadHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # socketserver's default of 5 turned bursts of new connections into timeouts
 
     def __init__(self, address: tuple[str, int], workload: Workload) -> None:
         if ":" in address[0]:

@@ -16,12 +16,22 @@ pytestmark = pytest.mark.integration
 def test_site_on_docker_serves_clients_and_revives_a_killed_container(
     engine: docker.DockerClient, workload_image: str, site_factory
 ) -> None:
-    site = site_factory({"MEC_RUNTIME": "docker", "MEC_SITE_ID": "dockersite", "MEC_SERVICES__INFERENCE__REPLICAS": "0"})
-    body = {"service": "sensor", "payload": {"sensor_id": "d1", "value": 4.0}, "client": {"kind": "iot", "id": "x"}}
+    site = site_factory(
+        {"MEC_RUNTIME": "docker", "MEC_SITE_ID": "dockersite", "MEC_SERVICES__INFERENCE__REPLICAS": "0"}
+    )
+    body = {
+        "service": "sensor",
+        "payload": {"sensor_id": "d1", "value": 4.0},
+        "client": {"kind": "iot", "id": "x"},
+    }
     with httpx.Client(base_url=site.url, headers=site.headers(), timeout=10) as http:
         first = http.post("/v1/requests", json=body)
         assert first.status_code == 200, first.text
-        assert first.json()["route"] == {"tier": "local", "site": "dockersite", "target": "mec-dockersite-sensor-1"}
+        assert first.json()["route"] == {
+            "tier": "local",
+            "site": "dockersite",
+            "target": "mec-dockersite-sensor-1",
+        }
         ready = http.get("/readyz").json()
         assert ready["runtime"] == "docker"
 
