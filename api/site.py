@@ -21,7 +21,8 @@ from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
 from tools.caches.redis import RedisCache
 from tools.container_ops import container_ops_tool
-from tools.metrics_monitor import GpuProbe, HostProbe, MetricsMonitor, RequestLog, metrics_monitor_tool
+from tools.metrics_monitor import MetricsMonitor, RequestLog, metrics_monitor_tool
+from tools.probes import GpuProbe, HostProbe
 from tools.runtimes.base import Runtime, RuntimeError_, WorkloadSpec
 
 log = logging.getLogger(__name__)

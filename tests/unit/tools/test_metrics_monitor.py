@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.metrics_monitor import GpuProbe, HostProbe, MetricsMonitor, RequestLog, metrics_monitor_tool
+from tools.metrics_monitor import MetricsMonitor, RequestLog, metrics_monitor_tool
+from tools.probes import GpuProbe, HostProbe
 
 
 def test_request_log_reports_rate_percentiles_and_tiers() -> None:
