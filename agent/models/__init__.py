@@ -1,0 +1,15 @@
+"""The operator agent's strands models (the factory that builds one from settings is `build`).
+
+* `RulesModel` — the offline, deterministic default: an intent planner over the site's tools
+  (parser in `intents`, per-intent plans and answers in `plans`).
+* `ScriptedModel` — plays back a fixed script of `Turn`s (`ToolCall`s and/or text) and records
+  every request, for deterministic tests and evals.
+
+Both emit the exact stream events of a real provider, built once in `events`.
+"""
+
+from agent.models.events import ToolCall
+from agent.models.rules import RulesModel
+from agent.models.scripted import RecordedRequest, ScriptedModel, ScriptExhaustedError, Turn
+
+__all__ = ["RecordedRequest", "RulesModel", "ScriptExhaustedError", "ScriptedModel", "ToolCall", "Turn"]

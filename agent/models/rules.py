@@ -1,0 +1,185 @@
+"""`RulesModel`: the embedded, offline, deterministic operator model, as a strands `Model`.
+
+It plans instead of generating. On each call it reads the conversation strands sends it:
+
+* the latest user message that holds text (not tool results) is the operator's request; it is
+  parsed into an intent by `agent.models.intents` (a table of patterns and extractors);
+* the assistant tool calls and user tool results after it are the rounds run so far;
+* `agent.models.plans` turns request + rounds into the next step: more tool calls (several
+  independent ones may share a turn), or the final answer written from the real tool results.
+
+Text that matches no intent gets a plain reply saying so and listing what is understood: the
+model never invents a tool call, and it never calls a tool the agent did not offer it. It emits the
+same stream events as a real provider (see `agent.models.events`), so the strands `Agent` loop,
+hooks, metrics and evaluators treat it like any model. Usage counts words, not tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, TypedDict, TypeVar
+
+from pydantic import BaseModel
+from strands.models.model import Model
+from strands.types.content import Messages
+from strands.types.streaming import StreamEvent
+from strands.types.tools import ToolSpec
+from typing_extensions import Unpack
+
+from agent.models.events import ToolCall, count_input_words, reply_events
+from agent.models.intents import IntentParser, Request
+from agent.models.plans import CAPABILITIES, Observation, Step, describe, next_step, not_understood
+
+T = TypeVar("T", bound=BaseModel)
+
+MAX_ROUNDS = 4
+"""Tool rounds after which the model stops calling and answers with what it has (a safety net:
+every plan finishes in at most two rounds)."""
+
+
+class RulesConfig(TypedDict, total=False):
+    """RulesModel configuration: `model_id` names it in traces (strands reads `model.config["model_id"]`)."""
+
+    model_id: str
+
+
+class Conversation:
+    """The operator's latest request and the tool rounds that followed it, read from messages."""
+
+    def __init__(self, messages: Messages) -> None:
+        self.request_text: str | None = None
+        self.rounds: list[list[Observation]] = []
+        start = None
+        for index in range(len(messages) - 1, -1, -1):
+            message = messages[index]
+            content = message.get("content", [])
+            if (
+                message.get("role") == "user"
+                and any("text" in block for block in content)
+                and not any("toolResult" in block for block in content)
+            ):
+                start = index
+                self.request_text = " ".join(block["text"] for block in content if "text" in block).strip()
+                break
+        if start is None:
+            return
+        calls: dict[str, ToolCall] = {}
+        for message in messages[start + 1 :]:
+            if message.get("role") == "assistant":
+                for block in message.get("content", []):
+                    if "toolUse" in block:
+                        use = block["toolUse"]
+                        calls[use["toolUseId"]] = ToolCall(
+                            use["name"], dict(use.get("input") or {}), use["toolUseId"]
+                        )
+                continue
+            round_ = [
+                Observation.of(
+                    calls.pop(block["toolResult"]["toolUseId"], ToolCall("unknown", {})),
+                    block["toolResult"],
+                )
+                for block in message.get("content", [])
+                if "toolResult" in block
+            ]
+            if round_:
+                self.rounds.append(round_)
+
+
+class RulesModel(Model):
+    """A deterministic intent planner over the site's tools, driven by the strands Agent loop.
+
+    Args:
+        services: The site's service names; intents match service mentions against them.
+        model_id: The name reported in the config (and so in traces).
+        kinds: Client kind → service ("gaming" → "game-state"); defaults to
+            `intents.DEFAULT_KINDS`, and a kind whose service is not in `services` is ignored.
+
+    `structured_output` is not supported (there is no schema-filling in a rules planner): it raises
+    `NotImplementedError`. Use an LLM model kind for structured output.
+    """
+
+    def __init__(
+        self,
+        services: Sequence[str],
+        model_id: str = "rules-v1",
+        *,
+        kinds: Mapping[str, str] | None = None,
+    ) -> None:
+        self.services: tuple[str, ...] = tuple(services)
+        self.parser = IntentParser(self.services, kinds)
+        self.config: RulesConfig = {"model_id": model_id}
+
+    def update_config(self, **model_config: Unpack[RulesConfig]) -> None:  # type: ignore[override]
+        """Update the configuration (only `model_id` exists)."""
+        self.config.update(model_config)
+
+    def get_config(self) -> RulesConfig:
+        """The configuration: `{"model_id": ...}`."""
+        return RulesConfig(**self.config)
+
+    def plan(self, text: str, rounds: Sequence[Sequence[Observation]] = ()) -> Step:
+        """The step for a request text after `rounds` (the first step when there are none)."""
+        request: Request | None = self.parser.parse(text)
+        if request is None:
+            return not_understood(text, self.services)
+        if len(rounds) >= MAX_ROUNDS:
+            return next_step(request, rounds[: MAX_ROUNDS - 1], self.services)
+        return next_step(request, rounds, self.services)
+
+    def respond(self, messages: Messages, tool_names: frozenset[str]) -> Step:
+        """The step for a whole conversation, restricted to the tools on offer."""
+        conversation = Conversation(messages)
+        if not conversation.request_text:
+            return Step(text=f"I have no request to act on. {CAPABILITIES}")
+        step = self.plan(conversation.request_text, conversation.rounds)
+        if not step.calls and not step.text:
+            return Step(text="Done; the tools returned nothing to report.")
+        unavailable = [call for call in step.calls if call.name not in tool_names]
+        if unavailable:
+            names = sorted({call.name for call in unavailable})
+            return Step(
+                text=f"I cannot {describe(unavailable[0])}: this agent has no {', '.join(names)} tool. "
+                f"Tools available: {', '.join(sorted(tool_names)) or 'none'}."
+            )
+        return step
+
+    async def stream(  # type: ignore[override]
+        self,
+        messages: Messages,
+        tool_specs: list[ToolSpec] | None = None,
+        system_prompt: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Plan the next step and stream it as one assistant message.
+
+        `kwargs` (tool_choice, invocation_state, model_state, cancel_signal, agent_metadata,
+        structured_output_model, ...) are accepted and ignored: the plan depends only on the
+        messages and on which tools are offered.
+        """
+        started = time.perf_counter()
+        tool_names = frozenset(spec["name"] for spec in tool_specs or [])
+        step = self.respond(messages, tool_names)
+        deltas = [step.text] if step.text else []
+        for event in reply_events(deltas, step.calls, count_input_words(messages, system_prompt), started):
+            yield event
+
+    async def count_tokens(
+        self,
+        messages: Messages,
+        tool_specs: list[ToolSpec] | None = None,
+        system_prompt: str | None = None,
+        system_prompt_content: list[Any] | None = None,
+    ) -> int:
+        """Input size in the model's unit (words), consistent with the usage it reports."""
+        return count_input_words(messages, system_prompt)
+
+    async def structured_output(
+        self, output_model: type[T], prompt: Messages, system_prompt: str | None = None, **kwargs: Any
+    ) -> AsyncGenerator[dict[str, T | Any], None]:
+        """Not supported: raises `NotImplementedError` (a rules planner cannot fill a schema)."""
+        raise NotImplementedError(
+            f"RulesModel cannot produce structured output ({output_model.__name__}): it only plans "
+            "tool calls for known operator intents; use the openai-compatible or bedrock model for this"
+        )
+        yield  # pragma: no cover - makes this an async generator
