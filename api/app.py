@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response, install_error_handlers
-from api.routes import ops, requests, services
+from api.routes import chat, ops, requests, services
 from api.schemas import ServiceRequest
 from api.site import Site
 from config.settings import Settings
@@ -109,6 +109,7 @@ def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(requests.router)
     app.include_router(services.router)
+    app.include_router(chat.router)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

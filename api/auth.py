@@ -76,5 +76,6 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
             )
         if scope not in scopes:
             raise ApiError(403, "forbidden", f"this key lacks the {scope!r} scope", "authorization")
+        request.state.scopes = scopes
 
     return check

@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="YAML settings file (env MEC_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    chat = sub.add_parser("chat", help="talk to a running site's operator agent")
+    chat.add_argument(
+        "message", nargs="*", help="one message to send; without it, read lines from the terminal"
+    )
+    chat.add_argument("--url", help="the site's URL (default http://MEC_HOST:MEC_PORT)")
+    chat.add_argument("--key", help="API key (default: MEC_OPERATOR_KEYS, else the site's generated key)")
+    chat.add_argument("--config", type=Path, help="YAML settings file (env MEC_CONFIG)")
     images = sub.add_parser(
         "images",
         help="build the workload images for MEC_RUNTIME=docker (offline; see `mec images -- --help`)",
@@ -84,6 +91,23 @@ def _run_event_loop(main: Coroutine[None, None, None]) -> None:
         uvloop.run(main)
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from api.chat_client import default_key, run_chat
+
+    settings = load_settings(args.config)
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    key = args.key or default_key(settings.data_dir, settings.operator_keys)
+    if key is None:
+        print("mec chat: no API key: pass --key or set MEC_OPERATOR_KEYS", file=sys.stderr)
+        return 2
+    if args.message:
+        return run_chat(url, key, [" ".join(args.message)], prompt=False)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {url} (type 'exit' to leave)\n> ", end="", flush=True)
+    return run_chat(url, key, sys.stdin, prompt=interactive)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -101,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             _run_event_loop(_serve(settings, args.log_level))
         return 0
+    if args.command == "chat":
+        return _chat(args)
     if args.command == "images":
         from tools.runtimes.images import main as build_images
 

@@ -33,7 +33,9 @@ class ServiceRequest(BaseModel):
         },
     )
 
-    service: str = Field(min_length=1, max_length=64, description="Service name, see GET /v1/services.")
+    service: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Service name, see GET /v1/services."
+    )
     payload: dict[str, Any] = Field(description="The service's input, a JSON object.")
     client: ClientInfo
     latency_budget_ms: int | None = Field(
@@ -48,10 +50,14 @@ class ServiceRequest(BaseModel):
     cache_ttl_s: float | None = Field(
         default=None, gt=0, le=604_800, description="Lifetime of the cached answer."
     )
+    allow_llm: bool = Field(
+        default=False,
+        description="Without a known service, hand a free-text payload (`text`) to the site's agent.",
+    )
 
 
 class Route(BaseModel):
-    tier: Literal["cache", "local", "peer", "cloud", "reject"]
+    tier: Literal["cache", "local", "peer", "cloud", "llm", "reject"]
     site: str
     target: str
 
@@ -60,7 +66,7 @@ class ServiceResponse(BaseModel):
     """How the site answered; `route` says where it was served."""
 
     request_id: str
-    service: str
+    service: str | None
     result: dict[str, Any]
     route: Route
     cached: bool
@@ -109,6 +115,45 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         422: "A field is invalid",
         502: "The service instance failed",
         503: "No capacity now (see Retry-After)",
+        409: "The chat session is busy with another turn",
         504: "The latency budget ran out",
     }.items()
 }
+
+
+class ChatRequest(BaseModel):
+    """One operator message to the site's agent."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"message": "scale inference to 3 replicas"}]},
+    )
+
+    message: str = Field(min_length=1, description="What the operator asks, in natural language.")
+    session_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Continue this session; omit to start a new one.",
+    )
+    confirm: bool = Field(
+        default=False, description="Allow destructive actions (stop, scale to 0, flush) in this turn."
+    )
+
+
+class ToolCallInfo(BaseModel):
+    name: str
+    input: dict[str, Any]
+    status: Literal["running", "success", "error", "refused"]
+    duration_ms: float
+    reason: str | None = None
+
+
+class ChatResponse(BaseModel):
+    reply: str
+    session_id: str
+    tool_calls: list[ToolCallInfo]
+    model: str = Field(description="The model that served this turn.")
+    usage: dict[str, int]
+    latency_ms: float

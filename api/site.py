@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from agent.models.build import build_chat_model
 from strands.types.tools import AgentTool
 
+from agent.chat import ChatConfig, ChatService
 from agent.dispatch import Dispatcher
 from agent.view import ServiceView, View
 from api.auth import KeyRing, generate_key
 from config.settings import Settings
 from monitoring.sampler import Sampler
+from prompts import load_prompt
 from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
 from tools.caches.redis import RedisCache
@@ -89,6 +92,7 @@ class Site:
     services: dict[str, ServiceView]
     dispatcher: Dispatcher = field(init=False)
     tools: list[AgentTool] = field(init=False)
+    chat: ChatService = field(init=False)
     start_errors: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,6 +104,27 @@ class Site:
             container_ops_tool(self.runtime, {n: s.max_replicas for n, s in self.settings.services.items()}),
             cache_manager_tool(self.cache),
         ]
+        settings, services = self.settings, tuple(self.settings.services)
+        self.chat = ChatService(
+            ChatConfig(
+                system_prompt=load_prompt("operator").format(services=", ".join(services)),
+                services=services,
+                image_allowlist=tuple(settings.image_allowlist),
+                max_sessions=settings.chat_max_sessions,
+                session_ttl_s=settings.chat_session_ttl_s,
+                window_messages=settings.chat_window_messages,
+                mutations_per_minute=settings.chat_mutations_per_minute,
+                turn_timeout_s=settings.model_timeout_s * 4,
+            ),
+            self.tools,
+            lambda: build_chat_model(settings, services, self.overloaded),
+            self.cache,
+        )
+
+    def overloaded(self) -> bool:
+        """Whether the host is too busy to run the local model (the fallback chain then skips it)."""
+        host = self.monitor.snapshot.host
+        return host is not None and host.cpu_percent >= self.settings.overload_cpu_pct
 
     @classmethod
     def build(cls, settings: Settings) -> Site:

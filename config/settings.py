@@ -124,12 +124,39 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=0.25, gt=0)
     redis_retry_s: float = Field(default=1.0, gt=0)
 
+    model: Literal["rules", "openai-compatible", "bedrock"] = Field(
+        default="rules", description="The operator agent's model: embedded rules, a local server, or Bedrock."
+    )
+    model_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server (…/v1).")
+    model_id: str | None = Field(
+        default=None, description="Model name on that server, or the Bedrock model id."
+    )
+    model_api_key: str = Field(default="none", description="API key for the OpenAI-compatible server.")
+    model_fallback: CommaList = Field(
+        default_factory=list,
+        description="Models tried in order when the primary fails or the site is overloaded.",
+    )
+    model_timeout_s: float = Field(default=30.0, gt=0)
+    model_max_tokens: int = Field(default=512, ge=16, le=8192)
+    bedrock_region: str = "us-east-1"
+    overload_cpu_pct: float = Field(
+        default=90.0, ge=0, le=100, description="Host CPU above which the local model is skipped."
+    )
+    chat_max_sessions: int = Field(default=256, ge=1)
+    chat_session_ttl_s: float = Field(default=1800.0, gt=0)
+    chat_window_messages: int = Field(default=20, ge=2, description="Messages an agent keeps in context.")
+    chat_max_message_chars: int = Field(default=4000, ge=1)
+    chat_mutations_per_minute: int = Field(default=10, ge=1, description="Mutating tool calls per session.")
+    llm_budget_ms: int = Field(
+        default=20_000, ge=100, le=120_000, description="Budget of requests sent to the LLM."
+    )
+
     image_allowlist: CommaList = Field(
         default_factory=list, description="Images that may be started; the services' images are always in."
     )
     services: dict[str, ServiceSettings] = Field(default_factory=dict)
 
-    @field_validator("client_keys", "operator_keys", "image_allowlist", mode="before")
+    @field_validator("client_keys", "operator_keys", "image_allowlist", "model_fallback", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

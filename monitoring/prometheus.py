@@ -70,6 +70,7 @@ def render(
     requests: RequestLog,
     cache_stats: Mapping[str, Any],
     instances: Iterable[Instance],
+    chat_turns: Mapping[tuple[str, str], int] | None = None,
 ) -> str:
     """Everything `/metrics` exposes, from data already in memory (no sampling here)."""
     out = Exposition()
@@ -179,6 +180,15 @@ def render(
         ((lbl, g.temperature_c) for lbl, g in gpu_rows),
     )
     out.family("mec_gpu_power_watts", "gauge", "GPU power draw.", ((lbl, g.power_w) for lbl, g in gpu_rows))
+    out.family(
+        "mec_chat_turns_total",
+        "counter",
+        "Turns of the operator agent (chat and allow_llm requests) by serving model and outcome.",
+        (
+            ({**site, "model": model, "outcome": outcome}, count)
+            for (model, outcome), count in sorted((chat_turns or {}).items())
+        ),
+    )
     out.family(
         "mec_metrics_sample_seconds",
         "gauge",

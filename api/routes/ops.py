@@ -41,6 +41,7 @@ async def metrics(request: Request) -> PlainTextResponse:
         site.monitor.requests,
         site.cache.stats(),
         site.runtime.instances(),
+        site.chat.turns,
     )
     return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
 

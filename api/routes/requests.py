@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from agent.chat import ChatError
 from agent.dispatch import ClientCall, Outcome, canonical_json
 from api.auth import require
 from api.errors import ApiError, error_body
@@ -92,6 +95,8 @@ async def serve_request(request: Request) -> Response:
     """
     body = await read_body(request)
     site = request.app.state.site
+    if body.service is None or (body.allow_llm and body.service not in site.services):
+        return await _serve_with_llm(body, site)
     call = ClientCall(
         service=body.service,
         payload=body.payload,
@@ -104,3 +109,48 @@ async def serve_request(request: Request) -> Response:
     )
     outcome = await site.dispatcher.serve(call)
     return render(outcome, site.settings.site_id, uuid.uuid4().hex)
+
+
+LLM_SERVICE = "(llm)"
+"""The name requests served by the agent are counted under in /metrics."""
+
+
+async def _serve_with_llm(body: ServiceRequest, site: Any) -> Response:
+    """A request the fast path cannot classify, handed to the agent with its own budget (read-only)."""
+    if not body.allow_llm:
+        raise ApiError(
+            400,
+            "unclassified_request",
+            "name a service (see GET /v1/services), or set allow_llm: true with a free-text payload.text",
+            "service",
+        )
+    text = body.payload.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "missing_text", "allow_llm needs the question in payload.text", "payload.text")
+    budget_ms = min(body.latency_budget_ms or site.settings.llm_budget_ms, site.settings.llm_budget_ms)
+    request_id = uuid.uuid4().hex
+    started = time.perf_counter()
+    try:
+        reply = await site.chat.chat(text, frozenset({"client"}), timeout_s=budget_ms / 1000, persist=False)
+    except ChatError as exc:
+        total = round((time.perf_counter() - started) * 1000, 3)
+        site.monitor.requests.record(LLM_SERVICE, "llm", exc.status, total)
+        body_ = error_body(exc.code, exc.message, exc.field)
+        body_["request_id"] = request_id
+        return JSONResponse(body_, status_code=exc.status, headers={"Server-Timing": f"total;dur={total}"})
+    total = round((time.perf_counter() - started) * 1000, 3)
+    site.monitor.requests.record(LLM_SERVICE, "llm", 200, total)
+    content = {
+        "request_id": request_id,
+        "service": None,
+        "result": {
+            "reply": reply.reply,
+            "tool_calls": reply.tool_calls,
+            "model": reply.model,
+            "usage": reply.usage,
+        },
+        "route": {"tier": "llm", "site": site.settings.site_id, "target": reply.model},
+        "cached": False,
+        "timings": {"llm": reply.latency_ms, "total": total},
+    }
+    return JSONResponse(content, headers={"Server-Timing": f"llm;dur={reply.latency_ms}, total;dur={total}"})

@@ -113,7 +113,7 @@ def test_client_key_cannot_read_operator_endpoints(http: httpx.Client) -> None:
         (b"{not json", 400, "invalid_json", "body"),
         (b"[1, 2]", 400, "invalid_body", "body"),
         (b"", 400, "missing_body", "body"),
-        (b'{"payload": {}, "client": {"kind": "iot", "id": "x"}}', 422, "invalid_field", "service"),
+        (b'{"payload": {}, "client": {"kind": "iot", "id": "x"}}', 400, "unclassified_request", "service"),
         (
             b'{"service": "sensor", "payload": [], "client": {"kind": "iot", "id": "x"}}',
             422,

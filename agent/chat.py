@@ -1,0 +1,279 @@
+"""The operator agent: one strands `Agent` per chat session, driving the site's tools.
+
+Sessions are kept in memory (bounded count, idle TTL) and their conversations are also written
+to the site cache after every turn — so to Redis when Redis is configured — which lets a session
+survive the site's restart. Each session has its own model object and policy, and a lock so one
+session runs one turn at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from strands import Agent
+from strands.agent import ModelRetryStrategy, SlidingWindowConversationManager
+from strands.models.model import Model
+from strands.types.tools import AgentTool
+
+from agent.policy import CALLER_KEY, Caller, ToolCallRecord, ToolPolicy
+from tools.cache_manager import CacheManager
+
+log = logging.getLogger(__name__)
+
+SESSION_NAMESPACE = "_chat_sessions"
+
+
+class ChatError(Exception):
+    """A chat turn that could not be served; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    system_prompt: str
+    services: tuple[str, ...]
+    image_allowlist: tuple[str, ...]
+    max_sessions: int = 256
+    session_ttl_s: float = 1800.0
+    window_messages: int = 20
+    mutations_per_minute: int = 10
+    turn_timeout_s: float = 60.0
+
+
+@dataclass
+class ChatReply:
+    reply: str
+    session_id: str
+    tool_calls: list[dict[str, Any]]
+    model: str
+    usage: dict[str, int]
+    latency_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reply": self.reply,
+            "session_id": self.session_id,
+            "tool_calls": self.tool_calls,
+            "model": self.model,
+            "usage": self.usage,
+            "latency_ms": self.latency_ms,
+        }
+
+
+@dataclass
+class _Session:
+    id: str
+    agent: Agent
+    model: Model
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+def model_name(model: Model) -> str:
+    """Which model served the last turn: a fallback chain's `served_by`, else the model id."""
+    served = getattr(model, "served_by", None)
+    if served:
+        return str(served)
+    config = model.get_config() if hasattr(model, "get_config") else {}
+    model_id = config.get("model_id") if isinstance(config, dict) else None
+    return str(model_id or type(model).__name__)
+
+
+def _reply_text(message: dict[str, Any]) -> str:
+    return "".join(block.get("text", "") for block in message.get("content", []) if "text" in block).strip()
+
+
+class ChatService:
+    """Runs chat turns for operators (and free-text client requests) on per-session agents."""
+
+    def __init__(
+        self,
+        config: ChatConfig,
+        tools: Sequence[AgentTool],
+        model_factory: Callable[[], Model],
+        store: CacheManager,
+    ) -> None:
+        self.config = config
+        self.tools = list(tools)
+        self.model_factory = model_factory
+        self.store = store
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self.turns: dict[tuple[str, str], int] = {}
+
+    def _new_agent(self, messages: list[dict[str, Any]] | None = None) -> tuple[Agent, Model]:
+        model = self.model_factory()
+        policy = ToolPolicy(
+            self.config.services, self.config.image_allowlist, self.config.mutations_per_minute
+        )
+        agent = Agent(
+            model=model,
+            messages=messages or [],
+            tools=self.tools,
+            system_prompt=self.config.system_prompt,
+            conversation_manager=SlidingWindowConversationManager(window_size=self.config.window_messages),
+            hooks=[policy],
+            callback_handler=None,
+            # strands' default (6 attempts, 4 s doubling) would outlast the turn's deadline when a
+            # model is throttled; the fallback chain is the better answer to a failing model.
+            retry_strategy=ModelRetryStrategy(max_attempts=2, initial_delay=1),
+        )
+        return agent, model
+
+    def _evict_idle(self) -> None:
+        now = time.monotonic()
+        for session_id in [
+            sid for sid, s in self._sessions.items() if now - s.last_used > self.config.session_ttl_s
+        ]:
+            if not self._sessions[session_id].lock.locked():
+                del self._sessions[session_id]
+        while len(self._sessions) > self.config.max_sessions:
+            self._sessions.popitem(last=False)
+
+    async def _session(self, session_id: str | None) -> _Session:
+        self._evict_idle()
+        if session_id is None:
+            agent, model = self._new_agent()
+            session = _Session(uuid.uuid4().hex, agent, model)
+            self._sessions[session.id] = session
+            self._evict_idle()
+            return session
+        session = self._sessions.get(session_id)
+        if session is None:
+            stored = await self.store.get(SESSION_NAMESPACE, session_id)
+            if stored is None:
+                raise ChatError(
+                    404, "unknown_session", f"no chat session {session_id!r} (expired?)", "session_id"
+                )
+            agent, model = self._new_agent(json.loads(stored))
+            session = self._sessions[session_id] = _Session(session_id, agent, model)
+            self._evict_idle()
+        self._sessions.move_to_end(session_id)
+        session.last_used = time.monotonic()
+        return session
+
+    async def _save(self, session: _Session) -> None:
+        data = json.dumps(session.agent.messages, default=str).encode()
+        await self.store.set(SESSION_NAMESPACE, session.id, data, self.config.session_ttl_s)
+
+    async def chat(
+        self,
+        message: str,
+        scopes: frozenset[str],
+        session_id: str | None = None,
+        confirm: bool = False,
+        timeout_s: float | None = None,
+        persist: bool = True,
+    ) -> ChatReply:
+        """Run one turn and return the reply with its tool calls, model, usage and latency."""
+        final: ChatReply | None = None
+        async for kind, payload in self.stream(message, scopes, session_id, confirm, timeout_s, persist):
+            if kind == "done":
+                final = payload
+        assert final is not None
+        return final
+
+    async def stream(
+        self,
+        message: str,
+        scopes: frozenset[str],
+        session_id: str | None = None,
+        confirm: bool = False,
+        timeout_s: float | None = None,
+        persist: bool = True,
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Run one turn, yielding ("session", id), ("text", delta), ("tool_start"/"tool_end", record)
+        as they happen and finally ("done", ChatReply). Failures raise `ChatError`."""
+        started = time.perf_counter()
+        session = await self._session(session_id)
+        if session.lock.locked():
+            raise ChatError(409, "session_busy", "this session is already running a turn", "session_id")
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def on_tool_event(kind: str, record: ToolCallRecord) -> None:
+            events.put_nowait((kind, record.to_dict()))
+
+        caller = Caller(session.id, scopes, confirm, on_tool_event=on_tool_event)
+        async with session.lock:
+            yield "session", session.id
+            result = None
+            budget_s = timeout_s or self.config.turn_timeout_s
+            stream = session.agent.stream_async(message, invocation_state={CALLER_KEY: caller})
+            try:
+                # One task drives the whole turn (strands' tracing context must not cross tasks),
+                # under one deadline for the turn.
+                async with asyncio.timeout(budget_s):
+                    async for event in stream:
+                        while not events.empty():
+                            yield events.get_nowait()
+                        if event.get("data"):
+                            yield "text", event["data"]
+                        if "result" in event:
+                            result = event["result"]
+            except TimeoutError:
+                await stream.aclose()
+                self._drop(session)
+                self._count(session, "timeout")
+                raise ChatError(
+                    504, "model_timeout", "the model did not finish within the time allowed"
+                ) from None
+            except ChatError:
+                raise
+            except Exception as exc:
+                self._drop(session)
+                self._count(session, "error")
+                cause = exc.__cause__ if type(exc).__name__ == "EventLoopException" and exc.__cause__ else exc
+                log.warning("chat turn failed on %s: %s", model_name(session.model), cause)
+                raise ChatError(
+                    503, "model_unavailable", f"the model failed: {type(cause).__name__}: {str(cause)[:300]}"
+                ) from exc
+            while not events.empty():
+                yield events.get_nowait()
+            if result is None:
+                raise ChatError(503, "model_unavailable", "the model returned no result")
+            if persist:
+                await self._save(session)
+            else:
+                self._sessions.pop(session.id, None)
+            usage = result.metrics.accumulated_usage
+            self._count(session, "ok")
+            yield (
+                "done",
+                ChatReply(
+                    reply=_reply_text(result.message),
+                    session_id=session.id,
+                    tool_calls=[record.to_dict() for record in caller.tool_calls],
+                    model=model_name(session.model),
+                    usage={
+                        "input_tokens": int(usage.get("inputTokens", 0)),
+                        "output_tokens": int(usage.get("outputTokens", 0)),
+                        "total_tokens": int(usage.get("totalTokens", 0)),
+                    },
+                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                ),
+            )
+
+    def _drop(self, session: _Session) -> None:
+        """Forget a session's in-memory agent after a failed turn; its saved history stays."""
+        self._sessions.pop(session.id, None)
+
+    def _count(self, session: _Session, outcome: str) -> None:
+        key = (model_name(session.model), outcome)
+        self.turns[key] = self.turns.get(key, 0) + 1
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
