@@ -81,6 +81,20 @@ class _Session:
     model: Model
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
+    tokens_so_far: dict[str, int] = field(default_factory=dict)
+
+    def turn_usage(self, accumulated: dict[str, Any]) -> dict[str, int]:
+        """This turn's tokens: strands accumulates usage over the agent's life."""
+        usage = {}
+        for ours, theirs in (
+            ("input_tokens", "inputTokens"),
+            ("output_tokens", "outputTokens"),
+            ("total_tokens", "totalTokens"),
+        ):
+            total = int(accumulated.get(theirs, 0))
+            usage[ours] = total - self.tokens_so_far.get(ours, 0)
+            self.tokens_so_far[ours] = total
+        return usage
 
 
 def model_name(model: Model) -> str:
@@ -248,7 +262,7 @@ class ChatService:
                 await self._save(session)
             else:
                 self._sessions.pop(session.id, None)
-            usage = result.metrics.accumulated_usage
+            usage = session.turn_usage(dict(result.metrics.accumulated_usage))
             self._count(session, "ok")
             yield (
                 "done",
@@ -257,11 +271,7 @@ class ChatService:
                     session_id=session.id,
                     tool_calls=[record.to_dict() for record in caller.tool_calls],
                     model=model_name(session.model),
-                    usage={
-                        "input_tokens": int(usage.get("inputTokens", 0)),
-                        "output_tokens": int(usage.get("outputTokens", 0)),
-                        "total_tokens": int(usage.get("totalTokens", 0)),
-                    },
+                    usage=usage,
                     latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 ),
             )

@@ -42,8 +42,12 @@ def _needs_confirmation(body: dict[str, Any]) -> bool:
 
 
 def run_chat(url: str, key: str, lines: Iterable[str], out: TextIO = sys.stdout, prompt: bool = True) -> int:
-    """Send each line as a chat message in one session; 'yes' confirms a refused destructive step."""
+    """Send each line as a chat message in one session; 'yes' confirms a refused destructive step.
+
+    Returns 0 when every message was answered, 1 when any was refused or failed.
+    """
     session_id: str | None = None
+    failures = 0
     last_message: str | None = None
     last_body: dict[str, Any] = {}
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
@@ -69,6 +73,7 @@ def run_chat(url: str, key: str, lines: Iterable[str], out: TextIO = sys.stdout,
             if response.status_code != 200:
                 error = body.get("error", {})
                 out.write(f"error {response.status_code}: {error.get('message', body)}\n")
+                failures += 1
                 continue
             session_id, last_message, last_body = body["session_id"], message, body
             _print_turn(body, out)
@@ -77,4 +82,4 @@ def run_chat(url: str, key: str, lines: Iterable[str], out: TextIO = sys.stdout,
             if prompt:
                 out.write("> ")
                 out.flush()
-    return 0
+    return 1 if failures else 0
