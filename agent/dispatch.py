@@ -6,6 +6,7 @@ and re-serialised on the way through.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -100,6 +101,7 @@ class Dispatcher:
         self.requests = requests
         self.client = client
         self.outstanding: dict[str, int] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
 
     async def serve(self, call: ClientCall) -> Outcome:
         started = time.perf_counter()
@@ -157,15 +159,72 @@ class Dispatcher:
 
         if decision.tier == "cache":
             outcome = Outcome(200, service.name, "cache", "cache", result_json=cached, cached=True)
+        elif decision.tier == "local" and cache_key is not None:
+            outcome = await self._call_once_per_key(
+                call, service, request, decision, view, deadline, timings, cache_key
+            )
         elif decision.tier == "local":
             outcome = await self._call_instance(call, service, request, decision, view, deadline, timings)
-            if outcome.status == 200 and cache_key is not None and outcome.result_json is not None:
-                ttl = call.cache_ttl_s or service.cache_ttl_s
-                await self.cache.set(service.name, cache_key, outcome.result_json, ttl)
         else:
             outcome = self._reject(service.name, decision)
         outcome.timings_ms = timings
         return self._finish(started, outcome)
+
+    async def _call_once_per_key(
+        self,
+        call: ClientCall,
+        service: ServiceView,
+        request: PlanRequest,
+        decision: Plan,
+        view: View,
+        deadline: float,
+        timings: dict[str, float],
+        cache_key: str,
+    ) -> Outcome:
+        """A cacheable miss: concurrent misses of one key share one upstream call (no stampede).
+
+        Followers wait for the leader's answer within their own budget; the answer is cached.
+        """
+        slot = (service.name, cache_key)
+        leader = self._inflight.get(slot)
+        if leader is not None:
+            waited = time.perf_counter()
+            try:
+                shared = await asyncio.wait_for(asyncio.shield(leader), max(0.0, deadline - waited))
+            except TimeoutError:
+                return self._timeout(service.name, "")
+            except asyncio.CancelledError:
+                if not leader.cancelled():
+                    raise
+                error = ErrorInfo("upstream_failed", "the shared upstream call was cancelled")
+                return Outcome(502, service.name, "local", "", error=error)
+            timings["coalesced"] = _ms(waited, time.perf_counter())
+            return Outcome(
+                shared.status,
+                shared.service,
+                shared.tier,
+                shared.target,
+                shared.result_json,
+                error=shared.error,
+            )
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._inflight[slot] = future
+        try:
+            outcome = await self._call_instance(call, service, request, decision, view, deadline, timings)
+            if outcome.status == 200 and outcome.result_json is not None:
+                ttl = call.cache_ttl_s or service.cache_ttl_s
+                await self.cache.set(service.name, cache_key, outcome.result_json, ttl)
+            future.set_result(outcome)
+            return outcome
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # followers see it; mark it retrieved for the leader
+            raise
+        finally:
+            del self._inflight[slot]
 
     def _cache_key(self, call: ClientCall, service: ServiceView) -> str | None:
         if not service.cacheable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -262,3 +263,28 @@ def test_health_readiness_docs_and_metrics(http: httpx.Client, site: SiteProcess
     assert snap["host"]["cpu_count"] >= 1
     assert isinstance(snap["gpu_available"], bool)
     assert any(r["service"] == "sensor" for r in snap["requests"])
+
+
+def test_concurrent_misses_of_one_key_share_one_upstream_call(http: httpx.Client, site: SiteProcess) -> None:
+    import concurrent.futures
+
+    _, pid = _instance_pid(http, "inference")
+    body = _request("inference", {"text": f"take a photo {uuid.uuid4().hex[:8]}"}, latency_budget_ms=5000)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            futures = [
+                pool.submit(
+                    httpx.post, f"{site.url}/v1/requests", json=body, headers=site.headers(), timeout=10
+                )
+                for _ in range(6)
+            ]
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGCONT)
+            responses = [f.result() for f in futures]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert [r.status_code for r in responses] == [200] * 6
+    assert len({json.dumps(r.json()["result"], sort_keys=True) for r in responses}) == 1
+    coalesced = ["coalesced" in r.json()["timings"] for r in responses]
+    assert coalesced.count(False) == 1, [r.json()["timings"] for r in responses]
