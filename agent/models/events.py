@@ -17,8 +17,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from strands.models.model import Model
 from strands.types.content import Messages
 from strands.types.streaming import StreamEvent
+from strands.types.tools import ToolSpec
 
 
 @dataclass(frozen=True)
@@ -133,3 +135,17 @@ def reply_events(
             "metrics": {"latencyMs": round((time.perf_counter() - started) * 1000)},
         }
     }
+
+
+class WordCountedModel(Model):
+    """A strands `Model` whose unit of usage is the word (the offline models of this package)."""
+
+    async def count_tokens(
+        self,
+        messages: Messages,
+        tool_specs: list[ToolSpec] | None = None,
+        system_prompt: str | None = None,
+        system_prompt_content: list[Any] | None = None,
+    ) -> int:
+        """Input size in words, consistent with the usage these models report."""
+        return count_input_words(messages, system_prompt)

@@ -21,13 +21,12 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, TypedDict, TypeVar
 
 from pydantic import BaseModel
-from strands.models.model import Model
 from strands.types.content import Messages
 from strands.types.streaming import StreamEvent
 from strands.types.tools import ToolSpec
 from typing_extensions import Unpack
 
-from agent.models.events import ToolCall, count_input_words, reply_events
+from agent.models.events import ToolCall, WordCountedModel, count_input_words, reply_events
 from agent.models.intents import IntentParser, Request
 from agent.models.plans import CAPABILITIES, Observation, Step, describe, next_step, not_understood
 
@@ -86,7 +85,7 @@ class Conversation:
                 self.rounds.append(round_)
 
 
-class RulesModel(Model):
+class RulesModel(WordCountedModel):
     """A deterministic intent planner over the site's tools, driven by the strands Agent loop.
 
     Args:
@@ -163,16 +162,6 @@ class RulesModel(Model):
         deltas = [step.text] if step.text else []
         for event in reply_events(deltas, step.calls, count_input_words(messages, system_prompt), started):
             yield event
-
-    async def count_tokens(
-        self,
-        messages: Messages,
-        tool_specs: list[ToolSpec] | None = None,
-        system_prompt: str | None = None,
-        system_prompt_content: list[Any] | None = None,
-    ) -> int:
-        """Input size in the model's unit (words), consistent with the usage it reports."""
-        return count_input_words(messages, system_prompt)
 
     async def structured_output(
         self, output_model: type[T], prompt: Messages, system_prompt: str | None = None, **kwargs: Any

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar
 
 from pydantic import BaseModel
-from strands.models.model import Model
 from strands.types.content import Messages
 from strands.types.streaming import StreamEvent
 from strands.types.tools import ToolResult, ToolSpec
 from typing_extensions import Unpack
 
-from agent.models.events import ToolCall, count_input_words, reply_events
+from agent.models.events import ToolCall, WordCountedModel, count_input_words, reply_events
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -104,7 +103,7 @@ class ScriptedConfig(TypedDict, total=False):
     model_id: str
 
 
-class ScriptedModel(Model):
+class ScriptedModel(WordCountedModel):
     """Plays `turns` in order, one per `stream` call, and records each request."""
 
     def __init__(self, turns: Sequence[Turn], model_id: str = "scripted") -> None:
@@ -166,16 +165,6 @@ class ScriptedModel(Model):
         if turn.raises is not None:
             raise turn.raises
         return turn
-
-    async def count_tokens(
-        self,
-        messages: Messages,
-        tool_specs: list[ToolSpec] | None = None,
-        system_prompt: str | None = None,
-        system_prompt_content: list[Any] | None = None,
-    ) -> int:
-        """Input size in words, consistent with the usage it reports."""
-        return count_input_words(messages, system_prompt)
 
     async def structured_output(
         self, output_model: type[T], prompt: Messages, system_prompt: str | None = None, **kwargs: Any
