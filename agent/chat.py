@@ -21,6 +21,7 @@ from typing import Any
 from strands import Agent
 from strands.agent import ModelRetryStrategy, SlidingWindowConversationManager
 from strands.models.model import Model
+from strands.types.exceptions import MaxTokensReachedException
 from strands.types.tools import AgentTool
 
 from agent.policy import CALLER_KEY, Caller, ToolCallRecord, ToolPolicy
@@ -244,6 +245,11 @@ class ChatService:
                 raise ChatError(
                     504, "model_timeout", "the model did not finish within the time allowed"
                 ) from None
+            except asyncio.CancelledError:
+                # The caller went away mid-turn (e.g. an SSE client disconnected): the agent's
+                # history may hold half a turn, so forget it; the saved history stays.
+                self._drop(session)
+                raise
             except ChatError:
                 raise
             except Exception as exc:
@@ -251,6 +257,12 @@ class ChatService:
                 self._count(session, "error")
                 cause = exc.__cause__ if type(exc).__name__ == "EventLoopException" and exc.__cause__ else exc
                 log.warning("chat turn failed on %s: %s", model_name(session.model), cause)
+                if isinstance(cause, MaxTokensReachedException):
+                    raise ChatError(
+                        502,
+                        "model_output_truncated",
+                        "the model reached its output limit (MEC_MODEL_MAX_TOKENS) before finishing its answer",
+                    ) from exc
                 raise ChatError(
                     503, "model_unavailable", f"the model failed: {type(cause).__name__}: {str(cause)[:300]}"
                 ) from exc

@@ -163,6 +163,17 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("model_fallback")
+    @classmethod
+    def _fallback_kinds(cls, value: list[str]) -> list[str]:
+        kinds = ("rules", "openai-compatible", "bedrock")
+        for entry in value:
+            if entry.split(":", 1)[0] not in kinds:
+                raise ValueError(
+                    f"model_fallback entry {entry!r} must be KIND[:MODEL_ID] with KIND one of {kinds}"
+                )
+        return value
+
     @field_validator("client_keys", "operator_keys")
     @classmethod
     def _keys_long_enough(cls, value: list[str]) -> list[str]:

@@ -129,3 +129,12 @@ async def test_sessions_are_bounded() -> None:
     for i in range(5):
         await service.chat(f"m{i}", OPERATOR)
     assert service.active_sessions == 2
+
+
+async def test_answer_cut_at_max_tokens_is_a_502_naming_the_limit() -> None:
+    from strands.types.exceptions import MaxTokensReachedException
+
+    service, _ = _service([[Turn(raises=MaxTokensReachedException("max tokens"))]])
+    with pytest.raises(ChatError) as caught:
+        await service.chat("status", OPERATOR)
+    assert (caught.value.status, caught.value.code) == (502, "model_output_truncated")

@@ -68,3 +68,11 @@ def test_invalid_runtime_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEC_RUNTIME", "kubernetes")
     with pytest.raises(ValidationError, match="runtime"):
         load_settings()
+
+
+def test_model_fallback_entries_must_name_a_known_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEC_MODEL_FALLBACK", "bedrock:anthropic.claude-3-haiku-20240307-v1:0,rules")
+    assert load_settings().model_fallback == ["bedrock:anthropic.claude-3-haiku-20240307-v1:0", "rules"]
+    monkeypatch.setenv("MEC_MODEL_FALLBACK", "bedrok")
+    with pytest.raises(ValidationError, match="bedrok"):
+        load_settings()
