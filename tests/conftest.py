@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,17 @@ class SiteProcess:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, grace_s=15)
+
+
+@contextmanager
+def running_site(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[SiteProcess]:
+    """A started `mec serve` child process, stopped (by pid) on exit."""
+    site = SiteProcess(data_dir, env)
+    site.start()
+    try:
+        yield site
+    finally:
+        site.stop()
 
 
 @pytest.fixture

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import CLIENT_KEY, OPERATOR_KEY, SiteProcess
+from tests.conftest import CLIENT_KEY, OPERATOR_KEY, SiteProcess, running_site
 from tools.runtimes.base import free_port
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteProcess]:
-    data_dir: Path = tmp_path_factory.mktemp("chat-site")
-    proc = SiteProcess(
-        data_dir, {"MEC_CHAT_MAX_MESSAGE_CHARS": "500", "MEC_SERVICES__INFERENCE__REPLICAS": "0"}
-    )
-    proc.start()
-    try:
+    with running_site(
+        tmp_path_factory.mktemp("chat-site"),
+        {"MEC_CHAT_MAX_MESSAGE_CHARS": "500", "MEC_SERVICES__INFERENCE__REPLICAS": "0"},
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

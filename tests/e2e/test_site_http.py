@@ -8,23 +8,17 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import CLIENT_KEY, OPERATOR_KEY, SiteProcess
+from tests.conftest import CLIENT_KEY, OPERATOR_KEY, SiteProcess, running_site
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteProcess]:
-    data_dir: Path = tmp_path_factory.mktemp("site")
-    proc = SiteProcess(data_dir, {"MEC_MAX_BODY_BYTES": "65536"})
-    proc.start()
-    try:
+    with running_site(tmp_path_factory.mktemp("site"), {"MEC_MAX_BODY_BYTES": "65536"}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
