@@ -24,6 +24,11 @@ The server is authoritative:
 * when something was corrected, ``reason`` lists it (``"corrected: speed, bounds"``); otherwise
   it is null for an accepted update.
 
+Before any of that, the payload is checked: ``seq``, ``hp`` and ``score`` must be integers in
+the signed 64-bit range (``seq`` also >= 0), ``x`` and ``y`` finite numbers a float can hold
+(not ``1e400``, nor an integer of 400 digits). Anything else is refused with a 422 naming the
+field (``payload.state.score``) and changes nothing.
+
 Each session counts accepted updates in ``tick``. At most :data:`MAX_SESSIONS` sessions are
 kept (the least recently updated is dropped first) and at most
 :data:`MAX_PLAYERS_PER_SESSION` players join one session: a further player is refused
@@ -49,7 +54,11 @@ MAX_SPEED_PER_SEQ = 50.0
 MAX_SESSIONS = 5000
 MAX_PLAYERS_PER_SESSION = 64
 MAX_ID_CHARS = 128
-MAX_SEQ = 2**63 - 1
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
+"""Integers are kept to the signed 64-bit range, what JSON libraries outside Python read at
+most: the results go back to clients, and a player's score to every player of the session."""
+MAX_SEQ = INT_MAX
 
 EXAMPLE_PAYLOAD: dict[str, Any] = {
     "session_id": "match-1",
@@ -107,9 +116,16 @@ def parse_update(payload: dict[str, Any]) -> Update:
         if axis not in state:
             raise PayloadError(f"'state.{axis}' is required", field_path(f"state.{axis}"))
         coordinates.append(as_finite_number(state[axis], field_path(f"state.{axis}")))
-    hp = as_int(state["hp"], field_path("state.hp")) if state.get("hp") is not None else None
-    score = as_int(state["score"], field_path("state.score")) if state.get("score") is not None else None
+    hp = _optional_int(state, "hp")
+    score = _optional_int(state, "score")
     return Update(session_id, player_id, seq, coordinates[0], coordinates[1], hp, score)
+
+
+def _optional_int(state: dict[str, Any], name: str) -> int | None:
+    """``state[name]`` as a 64-bit integer, or None when it is left out (or null)."""
+    if state.get(name) is None:
+        return None
+    return as_int(state[name], field_path(f"state.{name}"), minimum=INT_MIN, maximum=INT_MAX)
 
 
 def _clamp(value: float, low: float, high: float) -> float:

@@ -18,8 +18,12 @@ The model, built at start-up from the labelled phrases in :data:`INTENT_EXAMPLES
    :data:`SOFTMAX_TEMPERATURE`) and ``confidence`` is the winner's score.
 
 ``tokens`` counts words; a text with no word at all gets ``label`` ``"unknown"`` and
-``confidence`` 0. The pure-Python engine is the default and needs only the standard library.
-When ``torch`` is importable, the same pipeline runs as tensors and a small seeded
+``confidence`` 0. A missing ``text``, or one that is not a string of 1..4096 characters, is
+refused with a 422 naming ``payload.text``; other fields are ignored (an integer in one too
+long to parse at all is refused like any, see :mod:`workloads.server`).
+
+The pure-Python engine is the default and needs only the standard library. When ``torch`` is
+importable, the same pipeline runs as tensors and a small seeded
 ``torch.nn.TransformerEncoder`` over the word embeddings adds a mean-pooled stage (on CUDA
 when available). ``MEC_WORKLOAD_DEVICE`` chooses: ``auto`` (default: torch on CUDA, else torch
 on CPU, else pure Python), ``cpu`` (torch on CPU when importable, else pure Python), ``cuda``

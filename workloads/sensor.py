@@ -18,6 +18,10 @@ numbers), and answers with the sensor's state after the reading(s)::
   ``|zscore| >`` :data:`ANOMALY_Z` (or the window was constant and the value differs from it).
   ``anomalies`` counts the flagged readings of this request (useful for batches).
 
+A reading must be a finite number within ±:data:`MAX_ABS_VALUE`; anything else (a string,
+``true``, ``1e400``, an integer of 400 digits) is refused with a 422 naming the field, e.g.
+``payload.values[3]``, and the request changes nothing.
+
 At most :data:`MAX_SENSORS` sensors are tracked; the least recently updated one is forgotten
 first. Run it with ``python -m workloads.sensor --port N``.
 """
@@ -141,10 +145,7 @@ def _readings(payload: dict[str, Any]) -> list[float]:
 
 
 def _reading(value: object, field: str) -> float:
-    number = as_finite_number(value, field)
-    if abs(number) > MAX_ABS_VALUE:
-        raise PayloadError(f"must be within ±{MAX_ABS_VALUE:g}", field)
-    return number
+    return as_finite_number(value, field, max_abs=MAX_ABS_VALUE)
 
 
 class SensorService:

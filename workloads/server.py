@@ -9,10 +9,22 @@ offending field. This module turns such a service into a small keep-alive HTTP/1
 * ``POST /invoke``  -> 200 with the service's result
 
 Every error is JSON, ``{"error": {"code": str, "message": str, "field": str | null}}``:
-400 (invalid JSON, a body that is not an object, an invalid payload field), 404 (unknown
-path), 405 (wrong method), 411 (no Content-Length), 413 (a body over :data:`MAX_BODY_BYTES`,
-refused from its Content-Length before anything is read), 500 (an unexpected exception: the
-traceback goes to stderr, never into the response).
+
+* 400: the body is not valid JSON (``invalid_json``), is not a JSON object (``invalid_body``),
+  has a bad Content-Length (``invalid_content_length``) or ended before it
+  (``incomplete_body``);
+* 422 ``invalid_payload``: the body is a JSON object but a field is invalid (a
+  :class:`PayloadError`), including numbers the service cannot handle, such as an integer
+  literal too long to parse at all; ``field`` names it (``payload.state.x``,
+  ``payload.values[3]``);
+* 404 (unknown path), 405 (wrong method), 411 (no Content-Length, or a chunked body), 413 (a
+  body over :data:`MAX_BODY_BYTES`, refused from its Content-Length before anything is read);
+* 500 ``internal_error``: an unexpected exception, i.e. a bug; the traceback goes to stderr,
+  never into the response. A client's input never causes one.
+
+A client that goes away (connection reset, broken pipe) or stalls past
+:data:`IDLE_CONNECTION_TIMEOUT_S` is a client event, not an error of the service: the
+connection is closed quietly, with at most one line on stderr when a request was under way.
 
 Every response carries a Content-Length, so clients with a connection pool can keep the
 connection open between requests.
@@ -21,6 +33,7 @@ connection open between requests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -102,18 +115,36 @@ def require_str(payload: dict[str, Any], name: str, *, min_len: int = 1, max_len
     return value
 
 
-def as_finite_number(value: object, field: str) -> float:
-    """``value`` as a float when it is a finite JSON number (not a bool), else a PayloadError."""
+def as_finite_number(value: object, field: str, *, max_abs: float | None = None) -> float:
+    """``value`` as a float when it is a finite JSON number (not a bool) within ``±max_abs``.
+
+    Anything else is a :class:`PayloadError` naming ``field``: a non-number, NaN or infinity
+    (the JSON literal ``1e400`` parses to infinity), a number beyond ``max_abs``, and an integer
+    too large for a float at all (``1`` followed by 400 zeros), whatever ``max_abs`` is.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PayloadError("must be a number", field)
-    number = float(value)
-    if not math.isfinite(number):
+    if isinstance(value, int):
+        # Compared as an int (exact), before float() could overflow on it.
+        if max_abs is not None and abs(value) > max_abs:
+            raise PayloadError(f"must be within ±{max_abs:g}", field)
+        try:
+            return float(value)
+        except OverflowError:
+            raise PayloadError(f"number too large: must be within ±{sys.float_info.max:.6g}", field) from None
+    if not math.isfinite(value):
         raise PayloadError("must be a finite number", field)
-    return number
+    if max_abs is not None and abs(value) > max_abs:
+        raise PayloadError(f"must be within ±{max_abs:g}", field)
+    return value
 
 
 def as_int(value: object, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` when it is a JSON integer (not a bool) within the bounds, else a PayloadError."""
+    """``value`` when it is a JSON integer (not a bool) within the bounds, else a PayloadError.
+
+    A service should give both bounds: an integer without any (``10**400`` is valid JSON) may
+    be more than the service, or the clients its results go back to, can handle.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError("must be an integer", field)
     if minimum is not None and value < minimum:
@@ -150,6 +181,17 @@ class WorkloadHTTPServer(ThreadingHTTPServer):
         self.workload = workload
         super().__init__(address, WorkloadRequestHandler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A traceback for an exception that escaped a handler, unless the client just went away.
+
+        The handler already ends a connection quietly when its client resets it, breaks the
+        pipe or times out; this is the net for the same events outside ``handle()`` (setting
+        up or finishing the connection).
+        """
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse DNS lookup of the host (slow or hanging offline)."""
         socketserver.TCPServer.server_bind(self)
@@ -158,9 +200,9 @@ class WorkloadHTTPServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
-        return f"http://{shown}:{port}"
+        host = self.server_name  # the bound address as text (server_bind)
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.server_port}"
 
 
 class WorkloadRequestHandler(BaseHTTPRequestHandler):
@@ -175,10 +217,52 @@ class WorkloadRequestHandler(BaseHTTPRequestHandler):
     # delayed ACK (≈ 40 ms) on a keep-alive connection.
     wbufsize = 64 * 1024
     server: WorkloadHTTPServer
+    _request_under_way = False
+    """True once a request line was read, until the next one: a client leaving then is noted."""
 
     def setup(self) -> None:
         super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # an optimisation only; the client may be gone already
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle_one_request(self) -> None:
+        """Serve one request; a client that resets or breaks the connection only ends it.
+
+        The base class already ends a connection quietly on a timeout (an idle keep-alive
+        connection, or a client that stalls mid-request). A reset or a broken pipe would
+        otherwise escape to ``handle_error`` and print a traceback: here it closes the
+        connection with one line on stderr when a request was under way, and none when the
+        client dropped an idle keep-alive connection.
+        """
+        self._request_under_way = False
+        try:
+            super().handle_one_request()
+        except ConnectionError as exc:
+            self.close_connection = True
+            if self._request_under_way:
+                self._note_client_gone(f"{type(exc).__name__}: {exc.strerror or exc}")
+
+    def parse_request(self) -> bool:
+        self._request_under_way = True
+        return super().parse_request()
+
+    def handle_expect_100(self) -> bool:
+        """Send ``100 Continue`` now: the buffered writer would hold it until the final reply.
+
+        A client that sent ``Expect: 100-continue`` (curl does for bodies over 1 KiB) waits
+        for it before sending the body.
+        """
+        accepted = super().handle_expect_100()
+        self.wfile.flush()
+        return accepted
+
+    def finish(self) -> None:
+        """Close the streams; a reply still buffered for a client that is gone is dropped."""
+        try:
+            super().finish()
+        except (ConnectionError, TimeoutError):
+            with contextlib.suppress(OSError):
+                self.rfile.close()
 
     def version_string(self) -> str:
         return self.server_version
@@ -249,23 +333,17 @@ class WorkloadRequestHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
-        try:
-            payload = json.loads(body, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:
-            self._send_error(
-                _ErrorReply(HTTPStatus.BAD_REQUEST, "invalid_json", f"body is not valid JSON: {exc}")
-            )
-            return
-        if not isinstance(payload, dict):
-            self._send_error(
-                _ErrorReply(HTTPStatus.BAD_REQUEST, "invalid_body", "body must be a JSON object", "payload")
-            )
+        payload = _decode_payload(body)
+        if isinstance(payload, _ErrorReply):
+            self._send_error(payload)
             return
         try:
             result = self.server.workload.invoke(payload)
             encoded = _encode(result)
         except PayloadError as exc:
-            self._send_error(_ErrorReply(HTTPStatus.BAD_REQUEST, "invalid_payload", exc.message, exc.field))
+            self._send_error(
+                _ErrorReply(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid_payload", exc.message, exc.field)
+            )
             return
         except Exception as exc:
             self._log_exception("invoke()")
@@ -326,7 +404,10 @@ class WorkloadRequestHandler(BaseHTTPRequestHandler):
             return None
         body = self.rfile.read(length)
         if len(body) != length:
+            # The client closed its side early (an aborted upload); the reply reaches it only
+            # if it still reads (a half-close), and is dropped quietly if not.
             self.close_connection = True
+            self._note_client_gone(f"the body ended after {len(body)} of {length} bytes")
             self._send_error(_ErrorReply(HTTPStatus.BAD_REQUEST, "incomplete_body", "body ended early"))
             return None
         return body
@@ -401,9 +482,80 @@ class WorkloadRequestHandler(BaseHTTPRequestHandler):
         )
         sys.stderr.flush()
 
+    def _note_client_gone(self, what: str) -> None:
+        """One line on stderr for a request the client cut short (never a traceback)."""
+        host, port = self.client_address[:2]
+        command, path = getattr(self, "command", None), getattr(self, "path", None)
+        request = f"{command} {urlsplit(path).path}" if command and path else "a request"
+        sys.stderr.write(f"{self.server.workload.name}: {request} from {host}:{port} cut short: {what}\n")
+        sys.stderr.flush()
+
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _decode_payload(body: bytes) -> dict[str, Any] | _ErrorReply:
+    """The JSON object in ``body``, or the error reply for a body that is not one.
+
+    An integer literal with more digits than ``int()`` reads (``sys.get_int_max_str_digits()``,
+    4300 by default) makes ``json.loads`` fail like invalid JSON; the body is then parsed again
+    with such integers kept as markers, so that the reply is a 422 naming the field.
+    """
+    markers = False
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError as exc:
+        return _ErrorReply(HTTPStatus.BAD_REQUEST, "invalid_json", f"body is not valid JSON: {exc}")
+    except ValueError as exc:
+        try:
+            payload = json.loads(body, parse_constant=_reject_constant, parse_int=_int_or_too_long)
+        except (ValueError, RecursionError):
+            return _ErrorReply(HTTPStatus.BAD_REQUEST, "invalid_json", f"body is not valid JSON: {exc}")
+        markers = True
+    if not isinstance(payload, dict):
+        return _ErrorReply(HTTPStatus.BAD_REQUEST, "invalid_body", "body must be a JSON object", "payload")
+    found = _find_too_long_integer(payload) if markers else None
+    if found is not None:
+        field, marker = found
+        return _ErrorReply(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            "invalid_payload",
+            f"number too large: an integer of {marker.digits} digits "
+            f"(at most {sys.get_int_max_str_digits()} can be read)",
+            field,
+        )
+    return payload
+
+
+class _TooLongInteger:
+    """Stands in for an integer literal with more digits than ``int()`` accepts."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _int_or_too_long(literal: str) -> int | _TooLongInteger:
+    try:
+        return int(literal)
+    except ValueError:  # over sys.get_int_max_str_digits()
+        return _TooLongInteger(len(literal.lstrip("-")))
+
+
+def _find_too_long_integer(payload: dict[str, Any]) -> tuple[str, _TooLongInteger] | None:
+    """The field path (``payload.values[3]``) and marker of the first too-long integer, if any."""
+    stack: list[tuple[object, str]] = [(payload, "payload")]
+    while stack:  # depth first, in document order, without recursion (the JSON may be deep)
+        value, path = stack.pop()
+        if isinstance(value, _TooLongInteger):
+            return path, value
+        if isinstance(value, dict):
+            stack.extend((child, f"{path}.{key}") for key, child in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((value[i], f"{path}[{i}]") for i in reversed(range(len(value))))
+    return None
 
 
 def _encode(body: dict[str, Any]) -> bytes:

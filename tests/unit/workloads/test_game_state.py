@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
 from workloads.game_state import (
     EXAMPLE_PAYLOAD,
     HP_MAX,
+    INT_MAX,
+    INT_MIN,
+    MAX_SEQ,
     MAX_SPEED_PER_SEQ,
     WORLD_MAX,
     GameStateService,
@@ -25,7 +29,7 @@ def _update(
     player: str = "p1",
     session: str = "s1",
     **extra: object,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     state = {"x": x, "y": y, **extra}
     return service.invoke({"session_id": session, "player_id": player, "seq": seq, "state": state})
 
@@ -209,3 +213,45 @@ def test_invalid_payload_is_refused_naming_the_field(payload: dict[str, object],
 
     assert refused.value.field == field
     assert service.sessions() == []
+
+
+@pytest.mark.parametrize(
+    ("seq", "state", "field"),
+    [
+        (10**400, {"x": 1, "y": 1}, "payload.seq"),
+        (0, {"x": 10**400, "y": 1}, "payload.state.x"),
+        (0, {"x": 1, "y": -(10**400)}, "payload.state.y"),
+        (0, {"x": 1, "y": 1, "hp": 10**400}, "payload.state.hp"),
+        (0, {"x": 1, "y": 1, "hp": INT_MIN - 1}, "payload.state.hp"),
+        (0, {"x": 1, "y": 1, "score": 10**400}, "payload.state.score"),
+        (0, {"x": 1, "y": 1, "score": INT_MAX + 1}, "payload.state.score"),
+    ],
+    ids=["seq", "x", "y", "hp", "hp-below-64-bit", "score", "score-above-64-bit"],
+)
+def test_huge_integer_is_refused_naming_the_field(seq: int, state: dict[str, object], field: str) -> None:
+    """`float(10**400)` overflows, and a 400-digit score would go to every player of the session."""
+    service = GameStateService()
+
+    with pytest.raises(PayloadError) as refused:
+        service.invoke({"session_id": "s", "player_id": "p", "seq": seq, "state": state})
+
+    assert refused.value.field == field
+    assert service.sessions() == []
+
+
+def test_integers_at_the_64_bit_bounds_are_accepted() -> None:
+    service = GameStateService()
+
+    high = _update(service, MAX_SEQ - 1, 1.0, 1.0, hp=INT_MAX, score=INT_MAX)
+    low = _update(service, MAX_SEQ, 1.0, 1.0, hp=INT_MIN, score=INT_MIN)
+
+    assert (high["accepted"], high["player"]["hp"], high["player"]["score"]) == (True, HP_MAX, INT_MAX)
+    assert (low["accepted"], low["player"]["hp"], low["player"]["score"]) == (True, 0, 0)
+    assert low["player"]["seq"] == MAX_SEQ
+
+
+def test_huge_float_coordinates_are_clamped_to_the_world() -> None:
+    result = _update(GameStateService(), 0, 1e308, -1e308)
+
+    assert (result["player"]["x"], result["player"]["y"]) == (WORLD_MAX, 0.0)
+    assert "bounds" in result["reason"]

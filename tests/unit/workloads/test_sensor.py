@@ -222,3 +222,30 @@ def test_longest_sensor_id_and_largest_batch_are_accepted() -> None:
 
     assert result["count"] == WINDOW_SIZE
     assert result["std"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"sensor_id": "s", "value": 10**400}, "payload.value"),
+        ({"sensor_id": "s", "value": -(10**400)}, "payload.value"),
+        ({"sensor_id": "s", "value": 10**16}, "payload.value"),
+        ({"sensor_id": "s", "values": [1.0, 2, 10**400]}, "payload.values[2]"),
+    ],
+    ids=["huge", "huge-negative", "over-the-bound", "huge-in-a-batch"],
+)
+def test_huge_integer_reading_is_refused_naming_the_field(payload: dict[str, object], field: str) -> None:
+    """`float(10**400)` overflows: such a reading is bad input, not a crash of the service."""
+    service = SensorService()
+
+    with pytest.raises(PayloadError) as refused:
+        service.invoke(payload)
+
+    assert refused.value.field == field
+    assert service.tracked() == []
+
+
+def test_integer_readings_at_the_bound_are_accepted_exactly() -> None:
+    result = SensorService().invoke({"sensor_id": "s", "values": [-(10**15), 10**15]})
+
+    assert (result["min"], result["max"]) == (-1e15, 1e15)
