@@ -25,10 +25,20 @@ from tools.runtimes.base import InstanceStats, Runtime
 
 @dataclass(frozen=True)
 class ServiceRequestStats:
+    """One service's requests over the recent window.
+
+    `errors` are real failures: a 5xx answer from anywhere but the "reject" tier (an instance
+    failed, timed out or was unreachable). `rejected` are requests turned away before any instance
+    was tried because none had capacity: the router's planned 503 `no_capacity` rejects, recorded
+    on tier "reject". The two never overlap. Client mistakes rejected with a 4xx (unknown service,
+    client kind not allowed) are in neither; they show in `by_tier["reject"]` with the rest.
+    """
+
     service: str
     requests: int
     rate_per_s: float
     errors: int
+    rejected: int
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -104,6 +114,10 @@ class _ServiceWindow:
     latencies: deque[float]
 
 
+REJECT_TIER = "reject"
+"""The tier the dispatcher records for requests it turned away without serving them."""
+
+
 class RequestLog:
     """The site's requests: recent ones for rates and percentiles, totals since start.
 
@@ -120,6 +134,8 @@ class RequestLog:
         self.histograms: dict[str, LatencyHistogram] = {}
 
     def record(self, service: str, tier: str, status: int, latency_ms: float) -> None:
+        """Count one answered request: `tier` is where it was served ("cache", "local", "llm", ...,
+        or "reject" when it was turned away), `status` the HTTP status it got."""
         slot = (service, tier, status)
         self.totals[slot] = self.totals.get(slot, 0) + 1
         histogram = self.histograms.get(service)
@@ -143,14 +159,18 @@ class RequestLog:
         out = []
         for service, window in sorted(list(self._windows.items())):
             by_tier: dict[str, int] = {}
-            requests = errors = 0
+            requests = errors = rejected = 0
             for second, counts in list(window.seconds):
                 if second <= horizon:
                     continue
                 for (tier, status), count in list(counts.items()):
                     by_tier[tier] = by_tier.get(tier, 0) + count
                     requests += count
-                    errors += count if status >= 500 else 0
+                    if status >= 500:
+                        if tier == REJECT_TIER:
+                            rejected += count
+                        else:
+                            errors += count
             if not requests:
                 continue
             latencies = sorted(list(window.latencies)[-requests:])
@@ -160,6 +180,7 @@ class RequestLog:
                     requests=requests,
                     rate_per_s=round(requests / self.window_s, 3),
                     errors=errors,
+                    rejected=rejected,
                     p50_ms=_percentile(latencies, 0.50),
                     p95_ms=_percentile(latencies, 0.95),
                     p99_ms=_percentile(latencies, 0.99),
@@ -225,8 +246,10 @@ def metrics_monitor_tool(monitor: MetricsMonitor) -> AgentTool:
                 "gpu" (per NVIDIA GPU: utilization %, memory, temperature, power; an empty list
                 with a reason when the site has no GPU), "instances" (CPU % and memory of each
                 running service instance), "requests" (per service over the last window: request
-                rate, errors, p50/p95/p99 latency in ms, how many were served from cache, local
-                instances, peers or the cloud), or "all".
+                rate, errors, rejected, p50/p95/p99 latency in ms, how many were served from
+                cache, local instances, peers or the cloud), or "all". `errors` counts real server
+                failures (5xx from an instance); `rejected` counts requests turned away for lack
+                of capacity (503 no_capacity, tier "reject"); the two never overlap.
 
         Returns:
             A JSON object with the requested section(s) and the snapshot's age in seconds.

@@ -4,12 +4,22 @@ Each `IntentRule` is a trigger pattern plus an extractor; the first rule whose t
 (and whose extractor accepts the text) wins. Triggers run on the *masked* text, where service
 names and instance ids are replaced by `_svc_` / `_inst_`, so "game state" never reads as the
 word "state" and "sensor-1" never reads as the number 1. Rules that change the site are skipped
-for questions ("should I restart sensor?") and negations ("don't stop game-state-1").
+for questions ("should I restart sensor?"), conditionals ("restart sensor if it is slow") and
+negations ("don't stop game-state-1").
 
 Service names are matched against the site's own list: exact, plural, hyphen/space/underscore
 variants ("game state", "gamestate"), a unique prefix of 4+ letters ("infer"), and client kinds
 ("gaming" → game-state, "mobile" → inference, "iot" → sensor). Instance ids are any token ending in
 `<service>-<n>`, so the Docker runtime's "mec-site-1-sensor-1" is recognised whole.
+
+Compound messages ("CPU and GPU load?", "restart sensor-1 and show its logs") are split on
+"and", ",", ";", "then", "also", "plus" into clauses, but only where each piece has an intent of
+its own: a piece that is only a service ("status of sensor and inference", "scale sensor and
+inference to 2") or only an argument ("set key k to a and b") stays with the clause before it. A
+clause without a service of its own that says "it"/"its"/"them" or lacks one it needs takes the
+previous clause's. The result is a `Request` with `intent="compound"` whose `parts` the plan runs
+in the order asked. Small talk, off-topic requests and prompt-injection phrasing parse to None
+(the model then says it did not understand and calls nothing).
 """
 
 from __future__ import annotations
@@ -17,11 +27,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 IntentName = Literal[
-    "alerts", "help", "cache", "scale", "restart", "stop", "start", "logs", "latency", "gpu", "host", "status"
+    "alerts",
+    "help",
+    "cache",
+    "scale",
+    "restart",
+    "stop",
+    "start",
+    "logs",
+    "latency",
+    "gpu",
+    "host",
+    "status",
+    "compound",
 ]
 
 DEFAULT_KINDS: Mapping[str, str] = {"gaming": "game-state", "mobile": "inference", "iot": "sensor"}
@@ -29,6 +51,9 @@ DEFAULT_KINDS: Mapping[str, str] = {"gaming": "game-state", "mobile": "inference
 
 MAX_STARTS = 10
 """More starts than this in one request are refused with a pointer to `scale`."""
+
+MAX_PARTS = 6
+"""A compound message with more parts than this is refused (send the rest separately)."""
 
 NUMBER_WORDS: Mapping[str, int] = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
@@ -45,7 +70,33 @@ _VOCABULARY = frozenset(
 _QUESTION = re.compile(
     r"^\s*(why|what|what's|how|how's|when|which|who|did|does|do|is|are|was|were|has|have|should|shall)\b"
 )
+_CONDITIONAL = re.compile(r"\b(if|unless|whenever|in case)\b")
 _NEGATION = re.compile(r"\b(don'?t|do not|never|no need to|not now)\b")
+_PRONOUN = re.compile(r"\b(it|its|it's|them|their|theirs|those|these|that one|this one|the same)\b")
+
+_SMALL_TALK = re.compile(
+    r"^\s*(hi|hello|hey|hiya|yo|howdy|good\s+(morning|afternoon|evening|night|day)|"
+    r"thanks?(\s+(you|a lot|so much))?|thank\s+you(\s+(very|so)\s+much)?|thx|ty|cheers|"
+    r"ok(ay)?|cool|great|nice|perfect|fine|sure|got it|bye|goodbye|see you|"
+    r"how\s+are\s+you(\s+(doing|today))?|who\s+are\s+you|what\s+are\s+you|are\s+you\s+(there|a bot|human))"
+    r"[\s!.,?]*(there|mate|bot|agent)?[\s!.,?]*$"
+)
+_OFF_TOPIC = re.compile(
+    r"\b(write|compose|draft|generate|create)\s+(me\s+)?(a|an|some)\s+(\w+\s+)?"
+    r"(poem|story|song|script|program|essay|email|letter|haiku|joke|code|function|recipe)\b|"
+    r"\btell\s+me\s+a\s+(joke|story)\b|\btranslate\b"
+)
+_INJECTION = re.compile(
+    r"\b(ignore|disregard|forget)\s+(all\s+|any\s+)?(the\s+|your\s+)?(previous|prior|above|earlier|"
+    r"preceding)\s+(instructions?|prompts?|rules|messages)\b|\bsystem\s+prompt\b|\byou\s+are\s+now\b|"
+    r"\bjailbreak\b|\bdeveloper\s+mode\b"
+)
+
+_SEPARATOR = re.compile(
+    r"\s*(?:;|(?<!\d),|,(?!\d)|\band\s+then\b|\band\s+also\b|\band\b|\bthen\b|\balso\b|\bplus\b|&)\s*"
+)
+# Spans a separator never splits: quoted text and JSON values.
+_ATOMS = re.compile(r""""(?:[^"\\]|\\.)*"|(?<!\w)'[^']*'(?!\w)|`[^`]*`|\{.*?\}|\[.*?\]""")
 
 
 class Lexicon:
@@ -110,6 +161,21 @@ class Lexicon:
             return low
         return self._service_re.sub(" _svc_ ", self._instance_re.sub(" _inst_ ", low))
 
+    def mentions(self, low: str) -> list[str]:
+        """The service of each `_svc_` that `mask(low)` writes, in order (repeats included)."""
+        if not self.services:
+            return []
+        text = self._instance_re.sub(" _inst_ ", low)
+        return [self.aliases[self._normal(m.group(1))] for m in self._service_re.finditer(text)]
+
+    def spans(self, low: str) -> list[tuple[int, int]]:
+        """Where service names and instance ids sit in lower-cased text (never split inside them)."""
+        if not self.services:
+            return []
+        return [m.span() for m in self._instance_re.finditer(low)] + [
+            m.span() for m in self._service_re.finditer(low)
+        ]
+
     @staticmethod
     def _normal(alias: str) -> str:
         return re.sub(r"\s+", " ", alias)
@@ -117,7 +183,9 @@ class Lexicon:
 
 @dataclass(frozen=True)
 class Utterance:
-    """One operator message, read once: raw text, lower-cased, masked, and what it names."""
+    """One operator message (or one clause of it), read once: raw text, lower-cased, masked, and
+    what it names. `direct_services` are the services named as such (not through an instance id);
+    `inherited` is set when the services came from the clause before ("… and show its logs")."""
 
     raw: str
     low: str
@@ -126,13 +194,16 @@ class Utterance:
     instances: tuple[str, ...]
     question: bool
     negated: bool
+    direct_services: tuple[str, ...] = ()
+    inherited: bool = False
 
     @classmethod
     def read(cls, text: str, lexicon: Lexicon) -> Utterance:
-        raw = text.replace("’", "'").replace("“", '"').replace("”", '"').strip()
+        raw = normalise(text)
         low = raw.lower()
         found = lexicon.instances_in(low)
-        services = lexicon.services_in(low)
+        direct = lexicon.services_in(low)
+        services = list(direct)
         for _, service in found:
             if service not in services:
                 services.append(service)
@@ -142,13 +213,24 @@ class Utterance:
             masked=lexicon.mask(low),
             services=tuple(services),
             instances=tuple(instance for instance, _ in found),
-            question=bool(_QUESTION.match(low)),
+            question=bool(_QUESTION.match(low) or _CONDITIONAL.search(low)),
             negated=bool(_NEGATION.search(low)),
+            direct_services=tuple(direct),
         )
 
     @property
     def service(self) -> str | None:
         return self.services[0] if self.services else None
+
+    @property
+    def reading(self) -> bool:
+        """A question, a conditional or a negation: nothing in it may change the site."""
+        return self.question or self.negated
+
+
+def normalise(text: str) -> str:
+    """Typographic quotes to ASCII ones, outer whitespace stripped."""
+    return text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"').strip()
 
 
 @dataclass(frozen=True)
@@ -156,7 +238,9 @@ class Request:
     """What the operator asked for, with everything the plan needs to call the tools.
 
     `missing` names a required detail the text lacked ("a service", "a key"); the plan then
-    asks for it instead of calling anything.
+    asks for it instead of calling anything. `services` lists every service a status, latency or
+    host question is about when it names more than one (`service` is the first). A compound
+    message is `intent="compound"` with its `parts` (never compound themselves) in the order asked.
     """
 
     intent: IntentName
@@ -173,6 +257,24 @@ class Request:
     value: Any = None
     ttl_s: float | None = None
     missing: str | None = None
+    services: tuple[str, ...] = ()
+    parts: tuple[Request, ...] = ()
+
+    @property
+    def changes_site(self) -> bool:
+        """Whether the request starts, stops, restarts, scales or writes to the cache."""
+        if self.intent == "compound":
+            return any(part.changes_site for part in self.parts)
+        if self.intent == "cache":
+            return self.action in ("set", "delete", "flush")
+        return self.intent in ("scale", "restart", "stop", "start")
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """The services the request is about (empty: the whole site)."""
+        if self.services:
+            return self.services
+        return (self.service,) if self.service else ()
 
 
 def _number(token: str) -> int:
@@ -185,6 +287,12 @@ def _first_int(patterns: Sequence[str], text: str) -> int | None:
         if match:
             return _number(match.group(1))
     return None
+
+
+def _owner(instance_id: str, lexicon: Lexicon) -> str | None:
+    """The service of an instance id ("mec-site-1-sensor-1" → "sensor")."""
+    found = lexicon.instances_in(instance_id.lower())
+    return found[0][1] if found else None
 
 
 # -- extractors: one per intent; each docstring is the intent's definition -----------------------
@@ -201,9 +309,9 @@ def _help(u: Utterance, lexicon: Lexicon) -> Request:
 
 
 _CACHE_SET = re.compile(r"\b(set|put|store|write|save)\b")
-_CACHE_DELETE = re.compile(r"\b(delete|remove|drop|evict|invalidate|clear|purge|unset|del)\b")
+_CACHE_DELETE = re.compile(r"\b(delete|remove|drop|evict|invalidate|clear|purge|unset|del|forget|expire)\b")
 _CACHE_FLUSH = re.compile(r"\b(flush\w*|clear|purge|empty|wipe|invalidate|reset|delete|remove|drop)\b")
-_KEY = re.compile(r"""\bkey\s+(?:"([^"]+)"|'([^']+)'|`([^`]+)`|([^\s,;?"'`]+))""", re.IGNORECASE)
+_KEY = re.compile(r"""\b(?:key|entry)\s+(?:"([^"]+)"|'([^']+)'|`([^`]+)`|([^\s,;?"'`=]+))""", re.IGNORECASE)
 _NAMESPACE_AFTER = re.compile(r"""\bnamespace\s+(?:"([^"]+)"|'([^']+)'|([\w.:-]+))""", re.IGNORECASE)
 _NAMESPACE_BEFORE = re.compile(r"([\w.:-]+)\s+namespace\b", re.IGNORECASE)
 _NOT_A_NAME = frozenset(
@@ -221,8 +329,15 @@ def _namespace(raw: str) -> str | None:
     return None
 
 
-_VALUE = re.compile(
-    r"""\b(?:to|=|as|value)\s+("(?:[^"\\]|\\.)*"|'[^']*'|[\[{].*?[\]}]|[^\s,;]+)""", re.IGNORECASE
+# A value: quoted, JSON, or bare words up to "in/into/on/for/ttl/with/under/at/from" (so
+# "set key k to a and b in the sensor cache" stores "a and b").
+_BARE_VALUE = r"[^\s,;]+(?:\s+(?!(?:in|into|on|for|ttl|with|under|at|from)\b)[^\s,;]+)*"
+_VALUE_TOKEN = r"""("(?:[^"\\]|\\.)*"|'[^']*'|[\[{].*?[\]}]|""" + _BARE_VALUE + ")"
+_VALUE = re.compile(r"(?:\b(?:to|as|value)\s+|=\s*)" + _VALUE_TOKEN, re.IGNORECASE)
+_VALUE_BEFORE_KEY = re.compile(
+    r"""\b(?:set|put|store|write|save)\s+("(?:[^"\\]|\\.)*"|'[^']*'|[\[{].*?[\]}]|[^\s,;]+)\s+"""
+    r"""(?:under|at|as|in|for|into|with)\s+(?:the\s+)?(?:key|entry)\b""",
+    re.IGNORECASE,
 )
 _TTL = re.compile(
     r"\b(?:for|ttl(?:_s)?(?:\s+of)?|ttl\s*=)\s*(\d+)\s*(s|secs?|seconds?|m|mins?|minutes?|h|hours?)?\b"
@@ -240,7 +355,9 @@ def _cache_value(token: str) -> Any:
 
 def _cache(u: Utterance, lexicon: Lexicon) -> Request:
     """Cache ("cache stats", "flush the sensor cache", "get key K from the inference cache",
-    "delete key K in namespace N", "set key K to 42 in the sensor cache for 60 s") → cache_manager.
+    "what's cached under key K in sensor", "clear key K from the inference cache", "delete key K
+    in namespace N", "set key K to 42 in the sensor cache for 60 s", "store 42 under key K in
+    sensor") → cache_manager.
 
     The namespace is the one named after "namespace", else the service named. Questions and
     negations never flush, delete or set: they read (get with a key, stats without).
@@ -253,12 +370,11 @@ def _cache(u: Utterance, lexicon: Lexicon) -> Request:
     namespace = _namespace(rest_raw)
     if namespace is None:
         named = lexicon.services_in(rest_raw.lower())
-        namespace = named[0] if named else None
+        namespace = named[0] if named else (u.service if u.inherited else None)
     rest = rest_raw.lower()
-    reading = u.question or u.negated
-    if key is not None:
-        if _CACHE_SET.search(rest) and not reading:
-            value_match = _VALUE.search(u.raw, key_match.end()) if key_match is not None else None
+    if key is not None and key_match is not None:
+        if _CACHE_SET.search(rest) and not u.reading:
+            value_match = _VALUE.search(u.raw, key_match.end()) or _VALUE_BEFORE_KEY.search(u.raw)
             if value_match is None:
                 return Request(
                     "cache", action="set", key=key, namespace=namespace, missing="a value (… to VALUE)"
@@ -277,37 +393,38 @@ def _cache(u: Utterance, lexicon: Lexicon) -> Request:
                 ttl_s=ttl,
                 missing=None if namespace else "a namespace",
             )
-        action = "delete" if _CACHE_DELETE.search(rest) and not reading else "get"
+        action = "delete" if _CACHE_DELETE.search(rest) and not u.reading else "get"
         return Request(
             "cache", action=action, key=key, namespace=namespace, missing=None if namespace else "a namespace"
         )
-    if _CACHE_FLUSH.search(rest) and not reading:
+    if _CACHE_FLUSH.search(rest) and not u.reading:
         return Request(
             "cache", action="flush", namespace=namespace, missing=None if namespace else "a namespace"
         )
-    if re.search(r"\b(get|read|fetch|lookup|look up|delete|remove|set|store)\b", rest) and not reading:
+    if re.search(r"\b(get|read|fetch|lookup|look up|delete|remove|set|store)\b", rest) and not u.reading:
         return Request("cache", action="get", namespace=namespace, missing="a key (… key NAME …)")
     return Request("cache", action="stats", namespace=namespace)
 
 
+_REPLICAS = (
+    rf"\b{_NUMBER}\s+(?:replicas?|instances?|copies|containers?|processes)\b",
+    rf"\b(?:replicas?|count)\s*(?:to|=|:|at|of)?\s*{_NUMBER}\b",
+    rf"\bto\s+{_NUMBER}\b",
+)
+
+
 def _scale(u: Utterance, lexicon: Lexicon) -> Request | None:
-    """Scale ("scale inference to 3 replicas", "set sensor replicas to 2", "scale sensor up")
-    → container_ops scale; up/down without a number lists the service first, then scales ±1."""
-    replicas = _first_int(
-        (
-            rf"\b{_NUMBER}\s+(?:replicas?|instances?|copies|containers?|processes)\b",
-            rf"\b(?:replicas?|count)\s*(?:to|=|:|at|of)?\s*{_NUMBER}\b",
-            rf"\bto\s+{_NUMBER}\b",
-        ),
-        u.masked,
-    )
+    """Scale ("scale inference to 3 replicas", "set sensor replicas to 2", "bump sensor to 3",
+    "scale sensor up") → container_ops scale; up/down without a number lists the service first,
+    then scales ±1."""
+    replicas = _first_int(_REPLICAS, u.masked)
     delta = None
     if replicas is None:
-        if re.search(r"\b(up|out|more)\b", u.masked):
+        if re.search(r"\b(up|out|more|grow)\b", u.masked):
             delta = 1
-        elif re.search(r"\b(down|fewer|less)\b", u.masked):
+        elif re.search(r"\b(down|fewer|less|shrink)\b", u.masked):
             delta = -1
-        elif re.search(r"\bscal(e|es|ed|ing)\b", u.masked):
+        elif re.search(r"\b(scal(e|es|ed|ing)|bump|resize)\b", u.masked):
             return Request("scale", service=u.service, missing="a replica count (… to N replicas)")
         else:
             return None  # "replicas" without a number or a direction is a status question
@@ -321,24 +438,25 @@ def _scale(u: Utterance, lexicon: Lexicon) -> Request | None:
 
 
 def _restart(u: Utterance, lexicon: Lexicon) -> Request:
-    """Restart ("restart the sensor service", "bounce sensor-1") → container_ops restart of the
-    named instances; with only a service named, list it first and restart each instance."""
+    """Restart ("restart the sensor service", "bounce sensor-1", "kick sensor-1") → container_ops
+    restart of the named instances; with only a service named, list it first and restart each."""
     if u.instances:
-        return Request("restart", service=u.service, instance_ids=u.instances)
+        return Request("restart", service=_owner(u.instances[0], lexicon), instance_ids=u.instances)
     return Request("restart", service=u.service, missing=None if u.service else "a service or an instance id")
 
 
 def _stop(u: Utterance, lexicon: Lexicon) -> Request:
-    """Stop ("stop game-state-1", "stop the sensor service") → container_ops stop of the named
-    instances; with only a service named, list it first and stop each instance (destructive)."""
+    """Stop ("stop game-state-1", "take down sensor-2", "stop the sensor service") → container_ops
+    stop of the named instances; with only a service named, list it first and stop each instance
+    (destructive)."""
     if u.instances:
-        return Request("stop", service=u.service, instance_ids=u.instances)
+        return Request("stop", service=_owner(u.instances[0], lexicon), instance_ids=u.instances)
     return Request("stop", service=u.service, missing=None if u.service else "a service or an instance id")
 
 
 def _start(u: Utterance, lexicon: Lexicon) -> Request:
-    """Start ("start another inference instance", "launch 2 more sensors") → one
-    container_ops start per instance wanted (at most 10; more is a job for scale)."""
+    """Start ("start another inference instance", "launch 2 more sensors", "fire up another
+    sensor") → one container_ops start per instance wanted (at most 10; more is a job for scale)."""
     count = _first_int((rf"\b{_NUMBER}\s+(?:more|new|additional|extra|_svc_)\b",), u.masked) or 1
     image_match = re.search(r"\bimage\s+([\w./:@-]+)", u.raw, re.IGNORECASE)
     missing = None if u.service else "a service"
@@ -354,21 +472,25 @@ def _start(u: Utterance, lexicon: Lexicon) -> Request:
 
 
 def _logs(u: Utterance, lexicon: Lexicon) -> Request:
-    """Logs ("show logs of sensor", "tail 20 lines of sensor-1") → container_ops logs of the
-    instance; with only a service named, list it first and read its first (running) instance."""
+    """Logs ("show logs of sensor", "tail 20 lines of sensor-1", "what did sensor-1 print?")
+    → container_ops logs of the instance; with only a service named, list it first and read its
+    first (running) instance."""
     tail = _first_int((r"\b(?:tail|last|latest|final|top)\s+(\d+)\b", r"\b(\d+)\s+lines?\b"), u.masked)
     if u.instances:
-        return Request("logs", service=u.service, instance_ids=u.instances[:1], tail=tail)
+        return Request(
+            "logs", service=_owner(u.instances[0], lexicon), instance_ids=u.instances[:1], tail=tail
+        )
     return Request(
         "logs", service=u.service, tail=tail, missing=None if u.service else "a service or an instance id"
     )
 
 
 def _latency(u: Utterance, lexicon: Lexicon) -> Request:
-    """Latency ("why is the gaming latency high?", "sensor is slow", "p99 of inference",
-    "any errors?") → metrics_monitor all + container_ops list; the answer gives p50/p95/p99,
-    errors, instance states, host CPU and a one-line diagnosis."""
-    return Request("latency", service=u.service)
+    """Latency ("why is the gaming latency high?", "sensor is slow", "how fast is inference?",
+    "p99 of inference", "any errors?", "requests turned away?") → metrics_monitor all +
+    container_ops list; the answer gives p50/p95/p99, server errors and capacity rejects apart,
+    instance states, host CPU and a one-line diagnosis."""
+    return Request("latency", service=u.service, services=_several(u))
 
 
 def _gpu(u: Utterance, lexicon: Lexicon) -> Request:
@@ -377,15 +499,20 @@ def _gpu(u: Utterance, lexicon: Lexicon) -> Request:
 
 
 def _host(u: Utterance, lexicon: Lexicon) -> Request:
-    """Host metrics ("cpu", "memory", "load", "disk") → metrics_monitor host; with a service or
-    instance named → metrics_monitor instances (per-instance CPU and memory)."""
-    return Request("host", service=u.service, instance_ids=u.instances)
+    """Host metrics ("cpu", "memory", "what's the load like", "disk") → metrics_monitor host; with
+    a service or instance named → metrics_monitor instances (per-instance CPU and memory)."""
+    return Request("host", service=u.service, instance_ids=u.instances, services=_several(u))
 
 
 def _status(u: Utterance, lexicon: Lexicon) -> Request:
-    """Status ("status", "how is the site", "what is running", "is sensor healthy?")
-    → container_ops list (of the service, if one is named) + metrics_monitor all."""
-    return Request("status", service=u.service)
+    """Status ("status", "how are things", "is everything ok?", "anything wrong?", "show me the
+    containers", "is sensor healthy?") → container_ops list (of the service, if one is named) +
+    metrics_monitor all; the answer names every site service with no running instance."""
+    return Request("status", service=u.service, services=_several(u))
+
+
+def _several(u: Utterance) -> tuple[str, ...]:
+    return u.services if len(u.services) > 1 else ()
 
 
 @dataclass(frozen=True)
@@ -393,13 +520,15 @@ class IntentRule:
     """A trigger pattern (searched in the masked text) and the extractor that builds the request.
 
     An extractor may return None to let the next rule try. Rules that change the site are
-    skipped for questions and negations.
+    skipped for questions, conditionals and negations. A `fallback` rule matches a bare service or
+    instance mention; such a clause has no intent of its own (it never starts a compound part).
     """
 
     name: IntentName
     pattern: str
     extract: Callable[[Utterance, Lexicon], Request | None]
     changes_site: bool = False
+    fallback: bool = False
     trigger: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -407,48 +536,124 @@ class IntentRule:
 
 
 RULES: tuple[IntentRule, ...] = (
-    IntentRule("alerts", r"\b(alerts?|alarms?|alerting|incidents?)\b", _alerts),
+    IntentRule("alerts", r"\b(alerts?|alarms?|alerting|incidents?|pages|paging)\b", _alerts),
     IntentRule(
         "help",
-        r"^\s*(help|\?)\s*[.!?]*\s*$|\bwhat can you do\b|\bwhat do you (understand|know)\b|\bcommands\b",
+        r"^\s*(help|\?|commands|menu)\s*[.!?]*\s*$|\bwhat can you do\b|\bwhat can (i|we) (ask|say)\b|"
+        r"\bwhat do you (understand|know|support)\b|\bcommands\b|\bhow do (i|we) use (you|this)\b",
         _help,
     ),
-    IntentRule("cache", r"\b(caches?|cached|namespaces?|key|flush\w*)\b|\bhit (ratio|rate)\b", _cache),
-    IntentRule("scale", r"\b(scale[sd]?|scaling|replicas?)\b", _scale, changes_site=True),
-    IntentRule("restart", r"\b(re-?start|reboot|bounce|recycle|reload)\b", _restart, changes_site=True),
+    IntentRule(
+        "cache",
+        r"\b(caches?|cached|namespaces?|key|entry|entries|flush\w*|evictions?|redis)\b|\bhit (ratio|rate)\b",
+        _cache,
+    ),
+    IntentRule(
+        "scale",
+        rf"\b(scale[sd]?|scaling|replicas?|resize|bump)\b|"
+        rf"\b(set|change|make|put|grow|shrink|increase|decrease|reduce)\b.*\b_svc_\b.*\bto\s+{_NUMBER}\b|"
+        r"\b(grow|shrink)\s+(the\s+)?_svc_\b",
+        _scale,
+        changes_site=True,
+    ),
+    IntentRule(
+        "restart",
+        r"\b(re-?start|reboot|bounce|recycle|reload|kick|cycle)\b",
+        _restart,
+        changes_site=True,
+    ),
     IntentRule(
         "stop",
-        r"\b(stop|kill|shut\s*down|terminate|halt|take\s+down|bring\s+down)\b",
+        r"\b(stop|kill|shut\s*down|terminate|halt|take\s+down|bring\s+down|get\s+rid\s+of)\b|"
+        r"\b(take|bring|shut|turn|switch)\s+(the\s+)?_(svc|inst)_\s+(down|off)\b|"
+        r"\b(remove|delete|destroy)\s+(the\s+)?(instance\s+)?_inst_",
         _stop,
         changes_site=True,
     ),
     IntentRule(
         "start",
-        r"\b(start|launch|spin\s+up|bring\s+up|boot|add|run)\b.*\b(_svc_|instances?|replicas?|another|more)\b|\banother\b",
+        r"\b(start|launch|spin\s+up|bring\s+up|fire\s+up|boot|add|run)\b.*"
+        r"\b(_svc_|instances?|replicas?|another|more)\b|\banother\b|\bbring\s+(the\s+)?_svc_\s+back\b",
         _start,
         changes_site=True,
     ),
-    IntentRule("logs", r"\b(logs?|tail|stdout|stderr|journal)\b", _logs),
+    IntentRule(
+        "logs",
+        r"\b(logs?|logging|tail|stdout|stderr|journal|output|print(ed|ing)?|console)\b",
+        _logs,
+    ),
     IntentRule(
         "latency",
         r"\b(latenc(y|ies)|slow\w*|sluggish|lag\w*|p50|p95|p99|percentiles?|response\s+times?|errors?|"
-        r"failing|failures?|timeouts?|5\d\d|requests?|throughput|rps|qps|traffic)\b",
+        r"failing|failures?|timeouts?|5\d\d|requests?|throughput|rps|qps|traffic|fast|speed|"
+        r"responsive\w*|performance|perf|rejects?|rejected|turned\s+away|capacity)\b",
         _latency,
     ),
-    IntentRule("gpu", r"\b(gpus?|cuda|vram|nvidia|accelerators?)\b", _gpu),
+    IntentRule("gpu", r"\b(gpus?|cuda|vram|nvidia|accelerators?|graphics)\b", _gpu),
     IntentRule(
         "host",
-        r"\b(cpus?|memory|ram|mem|load|disk|storage|network|bandwidth|resources?|usage|"
-        r"utili[sz]ation|metrics?|host|machine)\b",
+        r"\b(cpus?|cores?|memory|ram|mem|load|disk|storage|space|network|bandwidth|resources?|usage|"
+        r"utili[sz]ation|metrics?|host|machine|busy|headroom)\b",
         _host,
     ),
     IntentRule(
         "status",
         r"\b(status|overview|health\w*|running|summary|report|instances?|list|replicas?|up|down|site|"
-        r"services?|containers?|processes|ps|_svc_|_inst_)\b|\bhow('s| is| are)\b|\bwhat'?s up\b",
+        r"services?|containers?|processes|ps|state|alive|dead|broken|problems?|issues?|wrong|uptime|"
+        r"deployed|everything|ok|okay|fine|alright)\b|\bhow('s| is| are)\b|\bwhat'?s (up|going on|happening)\b|"
+        r"\bgoing on\b",
         _status,
     ),
+    IntentRule("status", r"\b(_svc_|_inst_)\b", _status, fallback=True),
 )
+
+_MAX_PIECES = 16
+"""A message cut into more pieces than this is read as one request (it bounds the parse's work)."""
+
+_MERGEABLE = frozenset({"status", "latency", "gpu", "host"})
+"""Adjacent parts of one of these (read) intents are one request ("latency and errors of sensor");
+two changes stay two parts ("restart sensor-1 and restart sensor-2")."""
+
+
+_BARE_CACHE = re.compile(r"\s*(the\s+)?_svc_\s+(caches?|namespaces?)\s*[.!?]*\s*")
+
+
+def _mergeable(first: Request, second: Request, second_u: Utterance) -> bool:
+    """Whether two adjacent parts are one request: the same intent from `_MERGEABLE`, or a cache
+    flush/stats followed by a bare "X cache" ("flush the sensor and inference caches")."""
+    if first.intent != second.intent:
+        return False
+    if first.intent == "cache":
+        return (
+            first.key is None
+            and first.action in ("flush", "stats")
+            and bool(_BARE_CACHE.fullmatch(second_u.masked))
+        )
+    return first.intent in _MERGEABLE
+
+
+_CONNECTOR = re.compile(
+    r"(?:\s|[,;&]|\b(?:and|then|also|plus|as well as|the|both|caches?|namespaces?|services?|instances?|"
+    r"replicas?|copies|more|new|additional|extra|another|to|at)\b|" + rf"\b{_NUMBER}\b)*"
+)
+
+
+def coordinated(u: Utterance, lexicon: Lexicon) -> tuple[str, ...]:
+    """The services named together with the first mention, as a list ("sensor and inference",
+    "sensor to 3 and inference to 2", "the sensor cache and the inference cache"); a service named
+    for another reason ("restart sensor because inference is slow") is not one of them."""
+    if u.inherited:
+        return u.direct_services
+    tokens = list(re.finditer(r"_(svc|inst)_", u.masked))
+    mentions = iter(lexicon.mentions(u.low))
+    run: list[str] = []
+    for index, token in enumerate(tokens):
+        service = next(mentions, None) if token.group(1) == "svc" else None
+        if index and not _CONNECTOR.fullmatch(u.masked[tokens[index - 1].end() : token.start()]):
+            break
+        if service is not None and service not in run:
+            run.append(service)
+    return tuple(run)
 
 
 class IntentParser:
@@ -458,12 +663,202 @@ class IntentParser:
         self.lexicon = Lexicon(services, kinds)
 
     def parse(self, text: str) -> Request | None:
-        u = Utterance.read(text, self.lexicon)
+        """The request in `text` (a compound one for several clauses), or None."""
+        whole = Utterance.read(text, self.lexicon)
+        if _SMALL_TALK.match(whole.low) or _OFF_TOPIC.search(whole.low) or _INJECTION.search(whole.low):
+            return None
+        parts = self._clauses(whole)
+        if parts is None:
+            single = self._match(whole)[0]
+            if single is None:
+                return None
+            parts = self._fan_out(single, whole)
+        unique: list[Request] = []
+        for part in parts:
+            if part not in unique:
+                unique.append(part)
+        if len(unique) == 1:
+            return unique[0]
+        if len(unique) > MAX_PARTS:
+            return Request(
+                "compound", missing=f"at most {MAX_PARTS} requests in one message (send the rest separately)"
+            )
+        return Request("compound", parts=tuple(unique))
+
+    # -- one clause ------------------------------------------------------------------------------
+
+    def _match(self, u: Utterance) -> tuple[Request | None, bool]:
+        """The first rule's request for `u`, and whether a non-fallback rule made it."""
         for rule in RULES:
-            if rule.changes_site and (u.question or u.negated):
+            if rule.changes_site and u.reading:
                 continue
             if rule.trigger.search(u.masked):
                 request = rule.extract(u, self.lexicon)
                 if request is not None:
-                    return request
-        return None
+                    return request, not rule.fallback
+        return None, False
+
+    def _read(self, text: str, whole: Utterance) -> Utterance:
+        """A clause, read on its own but reading-only when the whole message is."""
+        u = Utterance.read(text, self.lexicon)
+        return replace(u, question=u.question or whole.question, negated=u.negated or whole.negated)
+
+    def _inherit(self, u: Utterance, before: Request | None) -> Utterance:
+        """`u` with the services/instances of the clause before when it names none of its own
+        and refers back ("its logs") or cannot do without them ("… then restart")."""
+        if before is None or u.services or not (before.subjects or before.instance_ids):
+            return u
+        pronoun = _PRONOUN.search(u.low)
+        request = self._match(u)[0]
+        needs = request is None or (request.missing is not None and "service" in request.missing)
+        if not (pronoun or needs):
+            return u
+        masked = u.masked
+        if pronoun:
+            masked = _PRONOUN.sub(" _inst_ " if before.instance_ids else " _svc_ ", masked)
+        return replace(
+            u,
+            masked=masked,
+            services=before.subjects,
+            instances=before.instance_ids,
+            direct_services=() if before.instance_ids else before.subjects,
+            inherited=True,
+        )
+
+    # -- compound messages ------------------------------------------------------------------------
+
+    def _split(self, raw: str) -> list[tuple[int, int]]:
+        """The spans of `raw` between separators that are not inside a quote, a JSON value or a
+        name."""
+        low = raw.lower()
+        if len(low) != len(raw):
+            return [(0, len(raw))]
+        kept = [m.span() for m in _ATOMS.finditer(raw)] + self.lexicon.spans(low)
+        pieces, start = [], 0
+        for match in _SEPARATOR.finditer(low):
+            if any(a < match.end() and match.start() < b for a, b in kept):
+                continue
+            pieces.append((start, match.start()))
+            start = match.end()
+        pieces.append((start, len(raw)))
+        return [(a, b) for a, b in pieces if raw[a:b].strip()]
+
+    def _clauses(self, whole: Utterance) -> list[Request] | None:
+        """The parts of a message of several clauses with an intent each; None for one clause."""
+        raw = whole.raw
+        pieces = self._split(raw)
+        if not 2 <= len(pieces) <= _MAX_PIECES:
+            return None
+        # A piece without an intent of its own ("inference to 2", "b") belongs to the one before.
+        spans: list[tuple[int, int, bool]] = []
+        for start, end in pieces:
+            own = self._match(self._read(raw[start:end], whole))[1]
+            if spans and (not own or not spans[-1][2]):
+                spans[-1] = (spans[-1][0], end, own or spans[-1][2])
+            else:
+                spans.append((start, end, own))
+        # A piece that completes the one before ("set key k to a" + "b in the sensor cache") too.
+        index = 0
+        while index + 1 < len(spans):
+            first = self._match(self._read(raw[spans[index][0] : spans[index][1]], whole))[0]
+            second = self._match(self._read(raw[spans[index + 1][0] : spans[index + 1][1]], whole))[0]
+            joined = self._match(self._read(raw[spans[index][0] : spans[index + 1][1]], whole))[0]
+            if (
+                first is not None
+                and first.missing
+                and (second is None or second.intent == first.intent)
+                and joined is not None
+                and not joined.missing
+            ):
+                spans[index : index + 2] = [(spans[index][0], spans[index + 1][1], True)]
+            else:
+                index += 1
+        if len(spans) < 2:
+            return None
+        parsed: list[tuple[int, int, Request, Utterance]] = []
+        for start, end, _ in spans:
+            entry = self._segment(raw, start, end, whole, parsed[-1][2] if parsed else None)
+            if entry is None:
+                return None
+            if parsed and _mergeable(parsed[-1][2], entry[2], entry[3]):
+                before = parsed[-2][2] if len(parsed) > 1 else None
+                merged = self._segment(raw, parsed[-1][0], end, whole, before)
+                if merged is not None and merged[2].intent == entry[2].intent:
+                    parsed[-1] = merged
+                    continue
+            parsed.append(entry)
+        # A part that lacks the service the next one names takes it ("restart and show logs of
+        # sensor-1").
+        for index in range(len(parsed) - 2, -1, -1):
+            start, end, request, _ = parsed[index]
+            if request.missing and "service" in request.missing:
+                again = self._segment(raw, start, end, whole, parsed[index + 1][2])
+                if again is not None:
+                    parsed[index] = again
+        parts: list[Request] = []
+        for _, _, request, u in parsed:
+            parts += self._fan_out(request, u)
+        return parts
+
+    def _segment(
+        self, raw: str, start: int, end: int, whole: Utterance, before: Request | None
+    ) -> tuple[int, int, Request, Utterance] | None:
+        u = self._inherit(self._read(raw[start:end], whole), before)
+        request = self._match(u)[0]
+        return None if request is None else (start, end, request, u)
+
+    def _fan_out(self, request: Request, u: Utterance) -> list[Request]:
+        """One request per service when a per-service change names several together ("restart
+        sensor and inference", "scale sensor to 3 and inference to 2", "flush the sensor and
+        inference caches"), and one logs request per instance ("logs of sensor-1 and sensor-2")."""
+        if request.missing:
+            return [request]
+        intent = request.intent
+        together = coordinated(u, self.lexicon)
+        if intent in ("restart", "stop", "logs"):
+            owners = {_owner(i, self.lexicon) for i in request.instance_ids}
+            uncovered = [s for s in together if s not in owners]
+            parts: list[Request] = []
+            if intent == "logs" and len(u.instances) > 1:
+                parts += [
+                    replace(request, instance_ids=(i,), service=_owner(i, self.lexicon)) for i in u.instances
+                ]
+            elif request.instance_ids:
+                parts.append(request)
+            parts += [replace(request, service=s, instance_ids=()) for s in uncovered]
+            return parts or [request]
+        if intent == "scale" and len(together) > 1:
+            counts = self._replicas_by_service(u)
+            return [replace(request, service=s, replicas=counts.get(s, request.replicas)) for s in together]
+        if intent == "start" and len(together) > 1:
+            counts = self._starts_by_service(u)
+            return [replace(request, service=s, count=counts.get(s, request.count)) for s in together]
+        if (
+            intent == "cache"
+            and request.key is None
+            and request.action in ("flush", "stats")
+            and _namespace(u.raw) is None
+            and len(together) > 1
+        ):
+            return [replace(request, namespace=s) for s in together]
+        return [request]
+
+    def _starts_by_service(self, u: Utterance) -> dict[str, int]:
+        """The count written just before each service ("start 2 more sensors and 1 more inference")."""
+        windows = re.split(r"_svc_", u.masked)[:-1]
+        counts: dict[str, int] = {}
+        for service, window in zip(self.lexicon.mentions(u.low), windows, strict=False):
+            count = _first_int((rf"\b{_NUMBER}\s+(?:(?:more|new|additional|extra)\s+)?$",), window)
+            if count is not None and service not in counts:
+                counts[service] = count
+        return counts
+
+    def _replicas_by_service(self, u: Utterance) -> dict[str, int]:
+        """The replica count written after each service ("sensor to 3 and inference to 2")."""
+        windows = re.split(r"_svc_", u.masked)[1:]
+        counts: dict[str, int] = {}
+        for service, window in zip(self.lexicon.mentions(u.low), windows, strict=False):
+            count = _first_int(_REPLICAS, window)
+            if count is not None and service not in counts:
+                counts[service] = count
+        return counts

@@ -1,9 +1,17 @@
 """`Request` + the tool results so far → the next tool calls, or the final answer.
 
-A plan is a function of the request and the *rounds* that already ran (a round is the tool
-calls of one assistant message with their results). It returns a `Step`: more calls, or the
-answer text, built only from what the tools returned. Plans never retry a failed call: a failure
-(a policy refusal, an unknown instance, a tool error) ends the plan and the answer says so.
+A plan is a function of the request, the *rounds* that already ran (a round is the tool calls of
+one assistant message with their results) and the site's service names. It returns a `Step`:
+more calls, or the answer text, built only from what the tools returned. Plans never retry a
+failed call: a failure (a policy refusal, an unknown instance, a tool error) ends the plan and the
+answer says so, failures first; a call the policy holds for confirmation is explained in plain
+words ("This stops 1 instance of game-state (game-state-1); reply yes to confirm and go ahead.").
+
+A compound request runs its parts in *stages*: consecutive parts that only read share a stage and
+call their tools in the same rounds (identical calls are made once); a part that changes the site
+has a stage of its own, after the parts asked before it and before the parts asked after it. Each
+part sees only the results of its own calls, and the answer is each part's answer in the order
+asked, one per line.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ TAIL_RATIO = 5.0
 """A p99 at least this many times the p50 is called a long tail..."""
 TAIL_MIN_REQUESTS = 20
 """...once the window holds at least this many requests (below it the p99 is just the maximum)."""
+PLAN_ROUNDS = 2
+"""Every single (not compound) plan finishes within this many tool rounds."""
 
 _CONFIRM = re.compile(r"confirm", re.IGNORECASE)
 _REFUSED = re.compile(
@@ -76,6 +86,10 @@ class Step:
     text: str = ""
 
 
+Plan = Callable[[Request, Rounds, Sequence[str]], Step]
+"""A plan: (request, rounds so far, the site's services) → the next step."""
+
+
 # -- building calls ------------------------------------------------------------------------------
 
 
@@ -103,6 +117,10 @@ def _say(*parts: str) -> Step:
     return Step(text=" ".join(part.strip() for part in parts if part and part.strip()))
 
 
+_done = _say
+"""A plan's final text (only what succeeded: `finish` puts the failures in front)."""
+
+
 # -- describing calls and figures ------------------------------------------------------------------
 
 
@@ -117,7 +135,7 @@ def describe(call: ToolCall) -> str:
             if args.get("service")
             else "list the instances",
             "start": f"start an instance of {target}",
-            "scale": f"scale {target} to {args.get('replicas')} replicas",
+            "scale": f"scale {target} to {_plural(_int(args.get('replicas')), 'replica')}",
             "logs": f"read the logs of {target}",
             "inspect": f"inspect {target}",
         }
@@ -135,6 +153,13 @@ def describe(call: ToolCall) -> str:
     if call.name == "metrics_monitor":
         return f"read the {args.get('section', 'all')} metrics"
     return f"call {call.name}"
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def fig(value: float | int | None) -> str:
@@ -165,7 +190,12 @@ def _rate(value: float | None) -> str:
 
 
 def _plural(count: int, word: str, plural: str | None = None) -> str:
+    """ "1 replica", "2 replicas", "0 entries" (with `plural` for irregular words)."""
     return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _were(count: int) -> str:
+    return "was" if count == 1 else "were"
 
 
 def _join(items: Sequence[str]) -> str:
@@ -174,25 +204,73 @@ def _join(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def service_of(instance_id: str, services: Sequence[str]) -> str:
+    """The service an instance id belongs to: "game-state-1" → "game-state" (also for the Docker
+    runtime's "mec-site-1-sensor-1"); without a match, the id less its number."""
+    for service in sorted(services, key=len, reverse=True):
+        if re.search(rf"(^|-){re.escape(service)}-\d+$", instance_id):
+            return service
+    return re.sub(r"-\d+$", "", instance_id)
+
+
 # -- failures ------------------------------------------------------------------------------------
 
 
-def failure_sentences(observations: Sequence[Observation]) -> list[str]:
-    """Plain sentences for failed calls; confirmations first, with the request to resend."""
+def _consequences(calls: Sequence[ToolCall], services: Sequence[str]) -> str:
+    """What held calls would do, in plain words: "stops 1 instance of sensor (sensor-1) and
+    flushes the sensor cache"."""
+    phrases: list[str] = []
+    stopped: dict[str, list[str]] = {}
+    for call in calls:
+        if call.name == "container_ops" and call.input.get("action") == "stop":
+            instance = str(call.input.get("instance_id"))
+            stopped.setdefault(service_of(instance, services), []).append(instance)
+    if stopped:
+        phrases.append(
+            "stops "
+            + _join(
+                [
+                    f"{_plural(len(ids), 'instance')} of {service} ({_join(ids)})"
+                    for service, ids in stopped.items()
+                ]
+            )
+        )
+    for call in calls:
+        action = call.input.get("action")
+        if call.name == "container_ops" and action == "stop":
+            continue
+        if call.name == "container_ops" and action == "scale":
+            replicas = _int(call.input.get("replicas"))
+            phrases.append(
+                f"scales {call.input.get('service')} to {_plural(replicas, 'replica')}"
+                + (" (stops every instance)" if replicas == 0 else "")
+            )
+        elif call.name == "cache_manager" and action == "flush":
+            phrases.append(f"flushes the {call.input.get('namespace')} cache")
+        else:
+            phrases.append(f"would {describe(call)}")
+    return _join(phrases)
+
+
+def failure_sentences(observations: Sequence[Observation], services: Sequence[str] = ()) -> list[str]:
+    """Plain sentences for failed calls; calls held for confirmation first, as a question to the
+    operator ("This flushes the sensor cache; reply yes to confirm and go ahead.")."""
     failed = [obs for obs in observations if not obs.ok]
     confirm = [obs for obs in failed if _CONFIRM.search(obs.error)]
     refused = [obs for obs in failed if obs not in confirm and _REFUSED.search(obs.error)]
     other = [obs for obs in failed if obs not in confirm and obs not in refused]
     sentences = []
     if confirm:
-        actions = _join([describe(obs.call) for obs in confirm])
         sentences.append(
-            f"I did not {actions}: the site's policy needs your confirmation first ({confirm[0].error}). "
-            "Resend the request with confirmation to go ahead."
+            f"This {_consequences([obs.call for obs in confirm], services)}; reply yes to confirm and go ahead."
         )
-    sentences += [f"I could not {describe(obs.call)}: it was refused ({obs.error})." for obs in refused]
+    sentences += [f"I could not {describe(obs.call)}: it was refused ({_reason(obs)})." for obs in refused]
     sentences += [f"I could not {describe(obs.call)}: {obs.error.rstrip('.')}." for obs in other]
     return sentences
+
+
+def _reason(obs: Observation) -> str:
+    return re.sub(r"^refused:\s*", "", obs.error)
 
 
 def _all(rounds: Rounds) -> list[Observation]:
@@ -210,12 +288,6 @@ def _result(rounds: Rounds, tool: str, action: str | None = None) -> Any:
 def _metrics_result(rounds: Rounds) -> dict[str, Any]:
     data = _result(rounds, "metrics_monitor")
     return data if isinstance(data, dict) else {}
-
-
-def _answer(rounds: Rounds, *parts: str) -> Step:
-    """The final text: failures first (they are the news), then what succeeded."""
-    sentences = failure_sentences(_all(rounds)) + [part for part in parts if part]
-    return _say(*sentences) if sentences else _say("Done.")
 
 
 def _failed(round_: Sequence[Observation]) -> bool:
@@ -241,10 +313,15 @@ def _instances(data: Any, service: str | None = None) -> list[Mapping[str, Any]]
     return [inst for inst in instances if service is None or inst.get("service") == service]
 
 
+def idle_sentence(service: str) -> str:
+    """The sentence for a service with nothing running: "game-state: no instance running."."""
+    return f"{service}: no instance running."
+
+
 def instances_sentence(instances: Sequence[Mapping[str, Any]], service: str | None) -> str:
     noun = f"{service} instance" if service else "instance"
     if not instances:
-        return f"{service} has no instances." if service else "No service instances exist on this site."
+        return idle_sentence(service) if service else "No service instances exist on this site."
     running = sum(1 for inst in instances if inst.get("state") == "running")
     return (
         f"{running} of {_plural(len(instances), noun)} running: "
@@ -257,7 +334,7 @@ def host_sentence(host: Mapping[str, Any] | None) -> str:
     if not host:
         return "Host figures are not sampled yet."
     return (
-        f"Host CPU {_pct(host.get('cpu_percent'))} of {host.get('cpu_count')} cores "
+        f"Host CPU {_pct(host.get('cpu_percent'))} of {_plural(_int(host.get('cpu_count')), 'core')} "
         f"(load {float(host.get('load_1m') or 0):.2f}), memory {_pct(host.get('memory_percent'))} "
         f"({_gib(host.get('memory_used_bytes'))} of {_gib(host.get('memory_total_bytes'))}), "
         f"disk {_pct(host.get('disk_percent'))} used ({_gib(host.get('disk_free_bytes'))} free), "
@@ -288,11 +365,14 @@ def gpu_sentence(gpu: Mapping[str, Any] | None) -> str:
 
 
 def request_phrase(stats: Mapping[str, Any]) -> str:
-    """ "p50 1.2 ms, p95 3 ms, p99 9.5 ms over 120 requests (12/s), 0 errors" """
+    """ "p50 1.2 ms, p95 3 ms, p99 9.5 ms over 120 requests (12/s), 0 server errors[, 3 turned
+    away for lack of capacity]" — server errors and capacity rejects (503) counted apart."""
+    rejected = int(stats.get("rejected", 0))
     return (
         f"p50 {fig(stats.get('p50_ms'))} ms, p95 {fig(stats.get('p95_ms'))} ms, "
         f"p99 {fig(stats.get('p99_ms'))} ms over {_plural(int(stats.get('requests', 0)), 'request')} "
-        f"({fig(stats.get('rate_per_s'))}/s), {_plural(int(stats.get('errors', 0)), 'error')}"
+        f"({fig(stats.get('rate_per_s'))}/s), {_plural(int(stats.get('errors', 0)), 'server error')}"
+        + (f", {rejected} turned away for lack of capacity" if rejected else "")
     )
 
 
@@ -305,41 +385,58 @@ def _request_stats(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _instance_stats(
-    data: Mapping[str, Any], service: str | None, ids: Sequence[str] = ()
+    data: Mapping[str, Any], services: Sequence[str], ids: Sequence[str] = ()
 ) -> list[Mapping[str, Any]]:
     rows = data.get("instances") or []
     if ids:
         return [row for row in rows if any(str(row.get("instance_id", "")).endswith(i) for i in ids)]
-    if service:
-        pattern = re.compile(rf"(^|-){re.escape(service)}-\d+$")
-        return [row for row in rows if pattern.search(str(row.get("instance_id", "")))]
+    if services:
+        patterns = [re.compile(rf"(^|-){re.escape(service)}-\d+$") for service in services]
+        return [row for row in rows if any(p.search(str(row.get("instance_id", ""))) for p in patterns)]
     return list(rows)
+
+
+def _list_call(subjects: Sequence[str]) -> ToolCall:
+    """List one service's instances, or all of them for several services or the whole site."""
+    return container("list", service=subjects[0] if len(subjects) == 1 else None)
 
 
 # -- plans, one per intent -------------------------------------------------------------------------
 
 CAPABILITIES = (
-    'I understand: status ("status", "what is running"); host and GPU metrics ("cpu", "memory", '
-    '"load", "gpu"); latency ("why is the gaming latency high?"); scaling ("scale inference to 3 '
-    'replicas"); starting, restarting and stopping ("start another inference instance", "restart sensor", '
-    '"stop game-state-1"); logs ("show logs of sensor", "tail 20 lines of sensor-1"); the cache '
-    '("cache stats", "flush the sensor cache", "get key K from the inference cache", "delete key K in '
-    'namespace N").'
+    'I understand: status ("status", "is everything ok?", "what is running"); host and GPU metrics '
+    '("cpu", "what\'s the load like", "gpu"); latency and errors ("why is the gaming latency high?"); '
+    'scaling ("scale inference to 3 replicas", "bump sensor to 3"); starting, restarting and stopping '
+    '("start another inference instance", "restart sensor", "take down game-state-1"); logs ("show logs '
+    'of sensor", "tail 20 lines of sensor-1"); the cache ("cache stats", "flush the sensor cache", "get '
+    'key K from the inference cache", "set key K to 42 in the sensor cache", "delete key K in namespace '
+    'N"); and several of these in one message ("CPU and GPU load?", "restart sensor-1 and show its logs").'
 )
 
 
-def _status(request: Request, rounds: Rounds) -> Step:
+def _status(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
+    subjects = request.subjects
     if not rounds:
-        return _calls(container("list", service=request.service), metrics("all"))
+        return _calls(_list_call(subjects), metrics("all"))
     data = _metrics_result(rounds)
     listed = _result(rounds, "container_ops", "list")
-    parts = [
-        instances_sentence(_instances(listed, request.service), request.service) if listed is not None else ""
-    ]
+    parts: list[str] = []
+    if listed is not None:
+        if subjects:
+            parts += [instances_sentence(_instances(listed, service), service) for service in subjects]
+        else:
+            instances = _instances(listed)
+            parts += [
+                idle_sentence(service)
+                for service in services
+                if not any(i.get("service") == service and i.get("state") == "running" for i in instances)
+            ]
+            if instances or not services:
+                parts.append(instances_sentence(instances, None))
     if data:
         parts.append(host_sentence(data.get("host")))
         parts.append(gpu_sentence(data.get("gpu")))
-        stats = [s for s in _request_stats(data) if request.service in (None, s["service"])]
+        stats = [s for s in _request_stats(data) if not subjects or s["service"] in subjects]
         if stats:
             parts.append(
                 f"Requests in the last {_window(data)} s: "
@@ -348,24 +445,23 @@ def _status(request: Request, rounds: Rounds) -> Step:
             )
         else:
             parts.append(f"No requests in the last {_window(data)} s.")
-    return _answer(rounds, *parts)
+    return _done(*parts)
 
 
-def _host(request: Request, rounds: Rounds) -> Step:
-    per_instance = bool(request.service or request.instance_ids)
+def _host(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
+    per_instance = bool(request.subjects or request.instance_ids)
     if not rounds:
         return _calls(metrics("instances" if per_instance else "host"))
     data = _metrics_result(rounds)
     if not data:
-        return _answer(rounds)
+        return _done()
     if not per_instance:
-        return _answer(rounds, host_sentence(data.get("host")))
-    rows = _instance_stats(data, request.service, request.instance_ids)
-    subject = _join(list(request.instance_ids)) or str(request.service)
+        return _done(host_sentence(data.get("host")))
+    rows = _instance_stats(data, request.subjects, request.instance_ids)
+    subject = _join(list(request.instance_ids)) or _join(list(request.subjects))
     if not rows:
-        return _answer(rounds, f"The latest metrics snapshot has no CPU or memory figures for {subject}.")
-    return _answer(
-        rounds,
+        return _done(f"The latest metrics snapshot has no CPU or memory figures for {subject}.")
+    return _done(
         "; ".join(
             f"{row['instance_id']}: CPU {_pct(row.get('cpu_percent'))}, memory {_mib(row.get('memory_bytes'))}"
             + (f" of {_mib(row['memory_limit_bytes'])}" if row.get("memory_limit_bytes") else "")
@@ -375,11 +471,11 @@ def _host(request: Request, rounds: Rounds) -> Step:
     )
 
 
-def _gpu(request: Request, rounds: Rounds) -> Step:
+def _gpu(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     if not rounds:
         return _calls(metrics("gpu"))
     data = _metrics_result(rounds)
-    return _answer(rounds, gpu_sentence(data.get("gpu")) if data else "")
+    return _done(gpu_sentence(data.get("gpu")) if data else "")
 
 
 def diagnose(
@@ -390,7 +486,11 @@ def diagnose(
     service: str | None,
     listed: bool,
 ) -> list[str]:
-    """Findings that explain latency, most decisive first; empty when nothing stands out."""
+    """Findings that explain latency, most decisive first; empty when nothing stands out.
+
+    Server errors (5xx from an instance) and capacity rejects (503 before any instance was tried)
+    are separate findings: the first points at the instances' logs, the second at scaling out.
+    """
     findings = []
     running = [inst for inst in instances if inst.get("state") == "running"]
     if listed and service and not running:
@@ -408,47 +508,59 @@ def diagnose(
         findings.append(f"The host CPU is at {_pct(host['cpu_percent'])}: the whole site is overloaded.")
     if stats:
         errors, requests = int(stats.get("errors", 0)), int(stats.get("requests", 0))
+        rejected = int(stats.get("rejected", 0))
         if errors:
             findings.append(
-                f"{errors} of {requests} requests failed with a server error; check the instance logs."
+                f"{errors} of {_plural(requests, 'request')} failed with a server error; check the instance logs."
             )
-        rejected = int((stats.get("by_tier") or {}).get("reject", 0))
         if rejected:
-            findings.append(f"{_plural(rejected, 'request')} were rejected for lack of capacity.")
+            findings.append(
+                f"{_plural(rejected, 'request')} {_were(rejected)} turned away for lack of capacity (503): "
+                "no instance was free to take them; scaling out should help."
+            )
         p50, p99 = float(stats.get("p50_ms") or 0), float(stats.get("p99_ms") or 0)
-        if requests >= TAIL_MIN_REQUESTS and p50 > 0 and p99 >= TAIL_RATIO * p50:
+        # Rejects are answered at once and drag the p50 down: with any, the ratio means nothing.
+        if not rejected and requests >= TAIL_MIN_REQUESTS and p50 > 0 and p99 >= TAIL_RATIO * p50:
             findings.append(
                 f"The p99 is {p99 / p50:.0f}x the p50: a few slow requests (a long tail), not a general slowdown."
             )
     return findings
 
 
-def _latency(request: Request, rounds: Rounds) -> Step:
+def _latency(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
+    subjects = request.subjects
     if not rounds:
-        return _calls(metrics("all"), container("list", service=request.service))
+        return _calls(metrics("all"), _list_call(subjects))
     data = _metrics_result(rounds)
     listed = _result(rounds, "container_ops", "list")
     if not data:
-        return _answer(
-            rounds, instances_sentence(_instances(listed, request.service), request.service) if listed else ""
-        )
+        if not listed:
+            return _done()
+        return _done(*(instances_sentence(_instances(listed, s), s) for s in subjects or (None,)))
     window = _window(data)
     all_stats = sorted(_request_stats(data), key=lambda s: -float(s.get("p99_ms") or 0))
-    stats = [s for s in all_stats if request.service in (None, s["service"])]
+    stats = [s for s in all_stats if not subjects or s["service"] in subjects]
     host = data.get("host")
     parts: list[str] = []
     focus = stats[0] if stats else None
     if focus is None:
-        subject = request.service or "this site"
+        subject = _join(list(subjects)) or "this site"
         parts.append(
             f"{subject} served no requests in the last {window} s, so there is no latency to report."
         )
     else:
         parts.append(f"{focus['service']} latency over the last {window} s: {request_phrase(focus)}.")
         parts += [f"{s['service']}: {request_phrase(s)}." for s in stats[1:]]
-    service = request.service or (focus["service"] if focus else None)
+    service = focus["service"] if focus else (subjects[0] if subjects else None)
     instances = _instances(listed, service)
-    findings = diagnose(focus, instances, _instance_stats(data, service), host, service, listed is not None)
+    findings = diagnose(
+        focus,
+        instances,
+        _instance_stats(data, (service,) if service else ()),
+        host,
+        service,
+        listed is not None,
+    )
     if focus is not None or findings:
         parts.append(
             "Diagnosis: " + " ".join(findings)
@@ -456,19 +568,19 @@ def _latency(request: Request, rounds: Rounds) -> Step:
             else "Diagnosis: nothing on the site explains it: instances are up, CPU is moderate and there are no errors."
         )
     if listed is not None:
-        parts.append(instances_sentence(instances, service))
+        parts += [instances_sentence(_instances(listed, s), s) for s in (subjects or (service,))]
     if host:
         parts.append(
             f"Host CPU {_pct(host.get('cpu_percent'))} (load {float(host.get('load_1m') or 0):.2f})."
         )
-    return _answer(rounds, *parts)
+    return _done(*parts)
 
 
 def _started_phrase(inst: Mapping[str, Any]) -> str:
     return f"{inst.get('id')} ({inst.get('state')}, {inst.get('url')})"
 
 
-def _scale(request: Request, rounds: Rounds) -> Step:
+def _scale(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     if request.replicas is not None:
         if not rounds:
             return _calls(container("scale", service=request.service, replicas=request.replicas))
@@ -482,20 +594,19 @@ def _scale(request: Request, rounds: Rounds) -> Step:
         ]
         target = max(0, len(current) + (request.replicas_delta or 0))
         if target == len(current):
-            return _answer(rounds, f"{request.service} has no instances to scale down.")
+            return _done(f"{request.service} has no instances to scale down.")
         return _calls(container("scale", service=request.service, replicas=target))
     data = _result(rounds, "container_ops", "scale")
     if not isinstance(data, dict):
-        return _answer(rounds)
+        return _done()
     instances = data.get("instances") or []
-    return _answer(
-        rounds,
+    return _done(
         f"{data.get('service')} now runs {_plural(int(data.get('replicas', 0)), 'replica')}"
         + (": " + ", ".join(_instance_phrase(inst) for inst in instances) + "." if instances else "."),
     )
 
 
-def _start(request: Request, rounds: Rounds) -> Step:
+def _start(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     if not rounds:
         return _calls(
             *(container("start", service=request.service, image=request.image) for _ in range(request.count))
@@ -507,19 +618,18 @@ def _start(request: Request, rounds: Rounds) -> Step:
         for inst in obs.data.get("started", [])
     ]
     if not started:
-        return _answer(rounds)
-    return _answer(
-        rounds,
+        return _done()
+    return _done(
         f"Started {_plural(len(started), f'{request.service} instance')}: "
         + ", ".join(_started_phrase(inst) for inst in started)
         + ".",
     )
 
 
-def _per_instance(verb: str, past: str) -> Callable[[Request, Rounds], Step]:
+def _per_instance(verb: str, past: str) -> Plan:
     """Restart or stop: the named instances, or every instance of the named service."""
 
-    def plan(request: Request, rounds: Rounds) -> Step:
+    def plan(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
         if request.instance_ids:
             targets_round = 0
             if not rounds:
@@ -530,26 +640,25 @@ def _per_instance(verb: str, past: str) -> Callable[[Request, Rounds], Step]:
                 return _calls(container("list", service=request.service))
             if len(rounds) == 1:
                 if _failed(rounds[0]):
-                    return _answer(rounds)
+                    return _done()
                 targets = [
                     inst["id"]
                     for inst in _instances(_result(rounds, "container_ops", "list"), request.service)
                     if inst.get("state") != "stopped"
                 ]
                 if not targets:
-                    return _answer(rounds, f"{request.service} has no instances to {verb}.")
+                    return _done(f"{request.service} has no instances to {verb}.")
                 return _calls(*(container(verb, instance_id=i) for i in targets))
         if len(rounds) <= targets_round:
-            return _answer(rounds)
+            return _done()
         done = [
             obs.data[past]
             for obs in rounds[targets_round]
             if obs.ok and isinstance(obs.data, dict) and past in obs.data
         ]
         if not done:
-            return _answer(rounds)
-        return _answer(
-            rounds,
+            return _done()
+        return _done(
             f"{past.capitalize()} {_plural(len(done), 'instance')}: "
             + ", ".join(map(_instance_phrase, done))
             + ".",
@@ -559,7 +668,7 @@ def _per_instance(verb: str, past: str) -> Callable[[Request, Rounds], Step]:
     return plan
 
 
-def _logs(request: Request, rounds: Rounds) -> Step:
+def _logs(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     if request.instance_ids:
         if not rounds:
             return _calls(container("logs", instance_id=request.instance_ids[0], tail=request.tail))
@@ -567,27 +676,25 @@ def _logs(request: Request, rounds: Rounds) -> Step:
         return _calls(container("list", service=request.service))
     elif len(rounds) == 1:
         if _failed(rounds[0]):
-            return _answer(rounds)
+            return _done()
         instances = _instances(_result(rounds, "container_ops", "list"), request.service)
         if not instances:
-            return _answer(rounds, f"{request.service} has no instances, so there are no logs to show.")
+            return _done(f"{request.service} has no instances, so there are no logs to show.")
         running = [inst for inst in instances if inst.get("state") == "running"]
         chosen = (running or instances)[0]
         return _calls(container("logs", instance_id=chosen["id"], tail=request.tail))
     data = _result(rounds, "container_ops", "logs")
     if not isinstance(data, dict):
-        return _answer(rounds)
+        return _done()
     lines = [line for line in str(data.get("logs") or "").splitlines()]
     if not lines:
-        return _answer(rounds, f"{data.get('instance_id')} has not written anything to its log yet.")
-    return _answer(
-        rounds, f"Last {_plural(len(lines), 'line')} of {data.get('instance_id')}:\n" + "\n".join(lines)
-    )
+        return _done(f"{data.get('instance_id')} has not written anything to its log yet.")
+    return _done(f"Last {_plural(len(lines), 'line')} of {data.get('instance_id')}:\n" + "\n".join(lines))
 
 
 def _cache_stats(data: Mapping[str, Any], namespace: str | None) -> str:
     namespaces: Mapping[str, int] = data.get("namespaces_in_memory") or {}
-    lookups = int(data.get("hits", 0)) + int(data.get("misses", 0))
+    hits, misses = int(data.get("hits", 0)), int(data.get("misses", 0))
     ratio = data.get("hit_ratio")
     parts = []
     if namespace:
@@ -596,9 +703,9 @@ def _cache_stats(data: Mapping[str, Any], namespace: str | None) -> str:
         )
     parts.append(
         (f"Hit ratio {_pct(float(ratio) * 100)} " if ratio is not None else "No lookups yet ")
-        + f"({data.get('hits', 0)} hits, {data.get('misses', 0)} misses over {_plural(lookups, 'lookup')}); "
-        + f"{data.get('entries_in_memory', 0)} of {data.get('memory_capacity', '?')} entries in memory, "
-        + f"{_plural(int(data.get('evictions', 0)), 'eviction')}; backend {data.get('backend')}."
+        + f"({_plural(hits, 'hit')}, {_plural(misses, 'miss', 'misses')} over {_plural(hits + misses, 'lookup')}); "
+        + f"{data.get('entries_in_memory', 0)} of {_plural(_int(data.get('memory_capacity')), 'entry', 'entries')} "
+        + f"in memory, {_plural(int(data.get('evictions', 0)), 'eviction')}; backend {data.get('backend')}."
     )
     if namespaces and not namespace:
         parts.append(
@@ -611,7 +718,7 @@ def _cache_stats(data: Mapping[str, Any], namespace: str | None) -> str:
     return " ".join(parts)
 
 
-def _cache(request: Request, rounds: Rounds) -> Step:
+def _cache(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     action = request.action or "stats"
     if not rounds:
         if action == "stats":
@@ -629,38 +736,37 @@ def _cache(request: Request, rounds: Rounds) -> Step:
         return _calls(cache(action, namespace=request.namespace, key=request.key))
     data = _result(rounds, "cache_manager", action)
     if not isinstance(data, dict):
-        return _answer(rounds)
+        return _done()
     ns, key = data.get("namespace", request.namespace), data.get("key", request.key)
     if action == "stats":
-        return _answer(rounds, _cache_stats(data, request.namespace))
+        return _done(_cache_stats(data, request.namespace))
     if action == "flush":
-        return _answer(
-            rounds,
-            f"Flushed the {ns} cache: {_plural(int(data.get('removed', 0)), 'entry', 'entries')} removed.",
+        return _done(
+            f"Flushed the {ns} cache: {_plural(int(data.get('removed', 0)), 'entry', 'entries')} removed."
         )
     if action == "get":
         if not data.get("found"):
-            return _answer(rounds, f"The {ns} cache has no key {key}.")
-        return _answer(rounds, f"{key} in the {ns} cache is {json.dumps(data.get('value'))}.")
+            return _done(f"The {ns} cache has no key {key}.")
+        return _done(f"{key} in the {ns} cache is {json.dumps(data.get('value'))}.")
     if action == "set":
-        return _answer(rounds, f"Stored {key} in the {ns} cache for {fig(data.get('ttl_s'))} s.")
+        return _done(f"Stored {key} in the {ns} cache for {fig(data.get('ttl_s'))} s.")
     if data.get("deleted"):
-        return _answer(rounds, f"Deleted {key} from the {ns} cache.")
-    return _answer(rounds, f"The {ns} cache had no key {key}; nothing was deleted.")
+        return _done(f"Deleted {key} from the {ns} cache.")
+    return _done(f"The {ns} cache had no key {key}; nothing was deleted.")
 
 
-def _alerts(request: Request, rounds: Rounds) -> Step:
+def _alerts(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     return _say(
         "This site has no alerts tool yet, so I cannot list alerts. "
         'I can show the status, metrics, latency and logs instead (try "status" or "why is sensor slow?").'
     )
 
 
-def _help(request: Request, rounds: Rounds) -> Step:
+def _help(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     return _say(CAPABILITIES)
 
 
-PLANS: Mapping[str, Callable[[Request, Rounds], Step]] = {
+PLANS: Mapping[str, Plan] = {
     "alerts": _alerts,
     "help": _help,
     "cache": _cache,
@@ -676,6 +782,99 @@ PLANS: Mapping[str, Callable[[Request, Rounds], Step]] = {
 }
 
 
+# -- compound requests -------------------------------------------------------------------------------
+
+
+def stages(request: Request) -> list[list[int]]:
+    """The indexes of a compound request's parts, by stage: consecutive reads share one; each
+    change has its own. A single request is one stage."""
+    if request.intent != "compound":
+        return [[0]]
+    out: list[list[int]] = []
+    for index, part in enumerate(request.parts):
+        if out and not part.changes_site and not request.parts[out[-1][-1]].changes_site:
+            out[-1].append(index)
+        else:
+            out.append([index])
+    return out
+
+
+def _call_key(call: ToolCall) -> str:
+    return call.name + json.dumps(call.input, sort_keys=True, default=str)
+
+
+def _merge_calls(pending: Mapping[int, Sequence[ToolCall]]) -> tuple[ToolCall, ...]:
+    """The calls of several parts as one turn, in part order; a call two parts both make is made
+    once (as many times as the part that makes it most often)."""
+    issued: dict[str, int] = {}
+    out: list[ToolCall] = []
+    for calls in pending.values():
+        seen: dict[str, int] = {}
+        for call in calls:
+            key = _call_key(call)
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] > issued.get(key, 0):
+                issued[key] = seen[key]
+                out.append(call)
+    return tuple(out)
+
+
+def _share(calls: Sequence[ToolCall], round_: Sequence[Observation]) -> list[Observation]:
+    """A part's share of a round: the result of each of its calls, found by name and input (tools
+    may finish, and so report, in any order)."""
+    by_key: dict[str, list[Observation]] = {}
+    for obs in round_:
+        by_key.setdefault(_call_key(obs.call), []).append(obs)
+    seen: dict[str, int] = {}
+    share = []
+    for call in calls:
+        key = _call_key(call)
+        index = seen.get(key, 0)
+        seen[key] = index + 1
+        if index < len(by_key.get(key, [])):
+            share.append(by_key[key][index])
+    return share
+
+
+def _compound(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
+    """Run the parts stage by stage (see the module docstring), replaying `rounds` to know where
+    each part stands; answer with each part's answer in the order asked."""
+    parts = request.parts
+    texts: list[str | None] = [None] * len(parts)
+    used = 0
+    for stage in stages(request):
+        own: dict[int, list[list[Observation]]] = {index: [] for index in stage}
+        while True:
+            pending: dict[int, tuple[ToolCall, ...]] = {}
+            for index in stage:
+                if texts[index] is not None:
+                    continue
+                step = next_step(parts[index], own[index], services)
+                if step.calls:
+                    pending[index] = step.calls
+                else:
+                    texts[index] = step.text
+            if not pending:
+                break
+            if used >= len(rounds):
+                return Step(calls=_merge_calls(pending))
+            for index, calls in pending.items():
+                own[index].append(_share(calls, rounds[used]))
+            used += 1
+    return Step(text="\n".join(text for text in texts if text))
+
+
+# -- entry points ------------------------------------------------------------------------------------
+
+
+def finish(request: Request, rounds: Rounds, step: Step, services: Sequence[str]) -> Step:
+    """A plan's step, with the failures of `rounds` in front of a final text ("Done." if empty)."""
+    if step.calls or request.intent == "compound":
+        return step
+    sentences = failure_sentences(_all(rounds), services) + ([step.text] if step.text else [])
+    return _say(*sentences) if sentences else _say("Done.")
+
+
 def next_step(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     """The next step of `request`'s plan after `rounds`."""
     if request.missing:
@@ -683,7 +882,19 @@ def next_step(request: Request, rounds: Rounds, services: Sequence[str]) -> Step
             f"To do that I need {request.missing}.",
             f"Services on this site: {', '.join(services) or 'none'}.",
         )
-    return PLANS[request.intent](request, rounds)
+    if request.intent == "compound":
+        return _compound(request, rounds, services)
+    return finish(request, rounds, PLANS[request.intent](request, rounds, services), services)
+
+
+def unfinished(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
+    """The answer when a plan still wants tools after its round budget (a safety net): the
+    failures seen so far and a plain statement that it stopped."""
+    return _say(
+        *failure_sentences(_all(rounds), services),
+        f"I stopped after {_plural(len(rounds), 'round')} of tool calls without a complete answer; "
+        "ask again, one request at a time.",
+    )
 
 
 def not_understood(text: str, services: Sequence[str]) -> Step:

@@ -7,6 +7,8 @@ It plans instead of generating. On each call it reads the conversation strands s
 * the assistant tool calls and user tool results after it are the rounds run so far;
 * `agent.models.plans` turns request + rounds into the next step: more tool calls (several
   independent ones may share a turn), or the final answer written from the real tool results.
+  A compound message ("CPU and GPU load?", "restart sensor-1 and show its logs") is planned part
+  by part, reads side by side and changes one after another, and answered part by part.
 
 Text that matches no intent gets a plain reply saying so and listing what is understood: the
 model never invents a tool call, and it never calls a tool the agent did not offer it. It emits the
@@ -28,13 +30,23 @@ from typing_extensions import Unpack
 
 from agent.models.events import ToolCall, WordCountedModel, count_input_words, reply_events
 from agent.models.intents import IntentParser, Request
-from agent.models.plans import CAPABILITIES, Observation, Step, describe, next_step, not_understood
+from agent.models.plans import (
+    CAPABILITIES,
+    Observation,
+    Step,
+    describe,
+    next_step,
+    not_understood,
+    stages,
+    unfinished,
+)
 
 T = TypeVar("T", bound=BaseModel)
 
 MAX_ROUNDS = 4
-"""Tool rounds after which the model stops calling and answers with what it has (a safety net:
-every plan finishes in at most two rounds)."""
+"""Tool rounds per stage after which the model stops calling and answers with what it has (a
+safety net: every plan finishes in at most `plans.PLAN_ROUNDS` = 2 rounds; a compound request gets
+this many per stage, see `plans.stages`)."""
 
 
 class RulesConfig(TypedDict, total=False):
@@ -122,9 +134,10 @@ class RulesModel(WordCountedModel):
         request: Request | None = self.parser.parse(text)
         if request is None:
             return not_understood(text, self.services)
-        if len(rounds) >= MAX_ROUNDS:
-            return next_step(request, rounds[: MAX_ROUNDS - 1], self.services)
-        return next_step(request, rounds, self.services)
+        step = next_step(request, rounds, self.services)
+        if step.calls and len(rounds) >= MAX_ROUNDS * len(stages(request)):
+            return unfinished(request, rounds, self.services)
+        return step
 
     def respond(self, messages: Messages, tool_names: frozenset[str]) -> Step:
         """The step for a whole conversation, restricted to the tools on offer."""
@@ -143,7 +156,7 @@ class RulesModel(WordCountedModel):
             )
         return step
 
-    async def stream(  # type: ignore[override]
+    async def stream(
         self,
         messages: Messages,
         tool_specs: list[ToolSpec] | None = None,

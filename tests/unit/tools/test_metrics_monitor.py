@@ -14,6 +14,7 @@ def test_request_log_reports_rate_percentiles_and_tiers() -> None:
     assert stats.requests == 100
     assert stats.rate_per_s == 10.0
     assert stats.errors == 2
+    assert stats.rejected == 0
     assert stats.p50_ms == 50.0
     assert stats.p99_ms == 99.0
     assert stats.by_tier == {"local": 75, "cache": 25}
@@ -23,6 +24,34 @@ def test_request_log_reports_rate_percentiles_and_tiers() -> None:
     assert histogram.total == 100
     assert histogram.sum_ms == sum(range(1, 101))
     assert sum(histogram.counts) == 100
+
+
+def test_capacity_rejects_are_counted_apart_from_server_errors() -> None:
+    """The dispatcher records a 503 no_capacity reject on tier "reject": it is `rejected`, not an
+    error; a 5xx from an instance (or the model) is an error; a 4xx reject is neither."""
+    log = RequestLog(window_s=10)
+    for _ in range(5):
+        log.record("game-state", "local", 200, 2.0)
+    for _ in range(12):
+        log.record("game-state", "reject", 503, 0.1)
+    log.record("game-state", "reject", 403, 0.1)  # client kind not allowed
+    for status in (500, 502, 504):
+        log.record("game-state", "local", status, 3.0)
+    log.record("game-state", "llm", 503, 5.0)  # the model was unavailable: a real failure
+    [stats] = log.summary()
+    assert stats.requests == 22
+    assert stats.rejected == 12
+    assert stats.errors == 4
+    assert stats.by_tier == {"local": 8, "reject": 13, "llm": 1}
+
+
+async def test_tool_reports_rejected_next_to_errors(tmp_path: Path) -> None:
+    log = RequestLog()
+    log.record("sensor", "reject", 503, 0.1)
+    monitor = MetricsMonitor(HostProbe(tmp_path), GpuProbe(), log)
+    await monitor.refresh()
+    [sensor] = metrics_monitor_tool(monitor)(section="requests")["requests"]["services"]
+    assert (sensor["errors"], sensor["rejected"]) == (0, 1)
 
 
 def test_no_gpu_is_a_normal_answer_with_a_reason() -> None:
