@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from tools.cache_manager import CacheManager, cache_manager_tool
+from tools.cache_manager import CacheManager, PendingRemovals, cache_manager_tool
 from tools.caches.memory import MemoryCache
-from tools.caches.redis import RedisCache
+from tools.caches.redis import RedisCache, redis_key, scan_pattern
 
 
 async def test_memory_backend_round_trips_and_counts_hits() -> None:
@@ -64,3 +64,37 @@ def test_tool_schema_tells_the_model_the_actions() -> None:
     props = spec["inputSchema"]["json"]["properties"]
     assert props["action"]["enum"] == ["get", "set", "delete", "stats", "flush"]
     assert "destructive" in spec["description"] or "destructive" in str(props)
+
+
+def test_scan_pattern_matches_a_namespace_literally() -> None:
+    assert scan_pattern("a*[b]?\\", "mec:site-1") == "mec:site-1:a\\*\\[b\\]\\?\\\\:*"
+    assert scan_pattern(None, "mec:site-1") == "mec:site-1:*"
+    # a namespace cannot contain the separator, so "a" never reaches into "a:b"
+    assert redis_key("a:b", "k", "mec:site-1") == "mec:site-1:a%3Ab:k"
+    assert redis_key("a", "b:k", "mec:site-1") == "mec:site-1:a:b:k"
+
+
+def test_key_prefix_puts_the_site_in_every_key() -> None:
+    redis = RedisCache("redis://127.0.0.1:1/0", key_prefix="mec:site-7")
+    assert redis.key("inference", "k") == "mec:site-7:inference:k"
+
+
+def test_pending_removals_stay_bounded_by_coarsening() -> None:
+    pending = PendingRemovals(max_keys=2, max_namespaces=2)
+    pending.add_key("a", "1")
+    pending.add_key("a", "1")
+    pending.add_key("b", "1")
+    assert (set(pending.keys), pending.namespaces, len(pending)) == ({("a", "1"), ("b", "1")}, set(), 2)
+    pending.add_key("a", "2")  # past max_keys: all of "a" goes, its listed keys are dropped
+    assert (set(pending.keys), pending.namespaces) == ({("b", "1")}, {"a"})
+    pending.add_key("a", "3")
+    assert len(pending) == 2
+    pending.add_namespace("b")
+    pending.add_namespace("c")  # past max_namespaces: everything goes
+    assert (pending.everything, pending.keys, pending.namespaces, len(pending)) == (True, {}, set(), 1)
+
+    taken = pending.take()
+    assert (len(pending), taken.everything) == (0, True)
+    pending.add_key("d", "1")
+    pending.merge(taken)
+    assert (pending.everything, len(pending)) == (True, 1)
