@@ -2,8 +2,14 @@
 
 Sessions are kept in memory (bounded count, idle TTL) and their conversations are also written
 to the site cache after every turn — so to Redis when Redis is configured — which lets a session
-survive the site's restart. Each session has its own model object and policy, and a lock so one
-session runs one turn at a time.
+survive the site's restart. Each session belongs to the API key that made it: another key gets
+the same 404 as for an unknown id. Each session has its own model object and policy, and a lock
+so one session runs one turn at a time.
+
+Chat is kept from crowding out the fast path: each key has a turn rate (token bucket, 429 with
+`Retry-After` above it) and the site runs at most `max_concurrent_turns` turns at once (503 with
+`Retry-After` after a short bounded wait); both are checked before any model work starts (see
+`ChatService.admitted`).
 """
 
 from __future__ import annotations
@@ -15,16 +21,20 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from strands import Agent
 from strands.agent import ModelRetryStrategy, SlidingWindowConversationManager
 from strands.models.model import Model
+from strands.types.content import Messages
 from strands.types.exceptions import MaxTokensReachedException
 from strands.types.tools import AgentTool
 
+from agent.limits import MutationLimiter, TokenBucket
 from agent.policy import CALLER_KEY, Caller, ToolCallRecord, ToolPolicy
+from agent.scopes import Principal
 from tools.cache_manager import CacheManager
 
 log = logging.getLogger(__name__)
@@ -35,12 +45,20 @@ SESSION_NAMESPACE = "_chat_sessions"
 class ChatError(Exception):
     """A chat turn that could not be served; `status` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,12 @@ class ChatConfig:
     window_messages: int = 20
     mutations_per_minute: int = 10
     turn_timeout_s: float = 60.0
+    turns_per_minute: float = 60.0
+    burst: int = 10
+    max_concurrent_turns: int = 4
+    turn_queue_s: float = 1.0
+    refusal_hold_s: float = 1.0
+    max_held_refusals: int = 64
 
 
 @dataclass
@@ -78,6 +102,8 @@ class ChatReply:
 @dataclass
 class _Session:
     id: str
+    owner: str
+    """The key id of the API key that made the session."""
     agent: Agent
     model: Model
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -108,6 +134,19 @@ def model_name(model: Model) -> str:
     return str(model_id or type(model).__name__)
 
 
+def _load_record(stored: bytes) -> dict[str, Any] | None:
+    """A saved session: `{"owner": key id, "messages": [...]}`; None for anything else."""
+    try:
+        record = json.loads(stored)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+        return None
+    if not isinstance(record.get("owner"), str):
+        return None
+    return record
+
+
 def _reply_text(message: dict[str, Any]) -> str:
     return "".join(block.get("text", "") for block in message.get("content", []) if "text" in block).strip()
 
@@ -128,16 +167,26 @@ class ChatService:
         self.store = store
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self.turns: dict[tuple[str, str], int] = {}
+        self.mutations = MutationLimiter(config.mutations_per_minute)
+        self.turn_rate = TokenBucket(config.turns_per_minute / 60.0, config.burst)
+        self.running_turns = 0
+        self.refused: dict[str, int] = {"rate_limited": 0, "chat_busy": 0}
+        self._slots = asyncio.Semaphore(config.max_concurrent_turns)
+        self._waiting = 0
+        self._held: dict[str, int] = {}
 
     def _new_agent(self, messages: list[dict[str, Any]] | None = None) -> tuple[Agent, Model]:
         model = self.model_factory()
         policy = ToolPolicy(
-            self.config.services, self.config.image_allowlist, self.config.mutations_per_minute
+            self.config.services,
+            self.config.image_allowlist,
+            self.config.mutations_per_minute,
+            limiter=self.mutations,
         )
         agent = Agent(
             model=model,
-            messages=messages or [],
-            tools=self.tools,
+            messages=cast(Messages, messages or []),
+            tools=list[Any](self.tools),
             system_prompt=self.config.system_prompt,
             conversation_manager=SlidingWindowConversationManager(window_size=self.config.window_messages),
             hooks=[policy],
@@ -158,44 +207,110 @@ class ChatService:
         while len(self._sessions) > self.config.max_sessions:
             self._sessions.popitem(last=False)
 
-    async def _session(self, session_id: str | None) -> _Session:
+    async def _session(self, session_id: str | None, owner: str) -> _Session:
         self._evict_idle()
         if session_id is None:
             agent, model = self._new_agent()
-            session = _Session(uuid.uuid4().hex, agent, model)
+            session = _Session(uuid.uuid4().hex, owner, agent, model)
             self._sessions[session.id] = session
             self._evict_idle()
             return session
-        session = self._sessions.get(session_id)
-        if session is None:
+        unknown = ChatError(
+            404, "unknown_session", f"no chat session {session_id!r} (expired?)", "session_id"
+        )
+        found = self._sessions.get(session_id)
+        if found is None:
             stored = await self.store.get(SESSION_NAMESPACE, session_id)
-            if stored is None:
-                raise ChatError(
-                    404, "unknown_session", f"no chat session {session_id!r} (expired?)", "session_id"
-                )
-            agent, model = self._new_agent(json.loads(stored))
-            session = self._sessions[session_id] = _Session(session_id, agent, model)
+            record = _load_record(stored) if stored is not None else None
+            if record is None or record["owner"] != owner:
+                raise unknown
+            agent, model = self._new_agent(record["messages"])
+            session = self._sessions[session_id] = _Session(session_id, owner, agent, model)
             self._evict_idle()
+        elif found.owner != owner:
+            # Another key's session is indistinguishable from one that does not exist.
+            raise unknown
+        else:
+            session = found
         self._sessions.move_to_end(session_id)
         session.last_used = time.monotonic()
         return session
 
     async def _save(self, session: _Session) -> None:
-        data = json.dumps(session.agent.messages, default=str).encode()
+        record = {"v": 1, "owner": session.owner, "messages": session.agent.messages}
+        data = json.dumps(record, default=str).encode()
         await self.store.set(SESSION_NAMESPACE, session.id, data, self.config.session_ttl_s)
+
+    @asynccontextmanager
+    async def admitted(self, caller: Principal) -> AsyncIterator[None]:
+        """Hold one of the site's turn slots for a turn of `caller`, or refuse it.
+
+        * Over the key's rate: 429 `rate_limited` with `Retry-After`. The refusal is held back
+          for up to `refusal_hold_s` (at most `max_held_refusals` per key at a time; beyond that
+          it is sent at once): a client that ignores `Retry-After` and floods the site then costs
+          a sleeping task per request, not a busy loop of rejections that starves the fast path
+          (nginx's `limit_req` delays excess requests for the same reason).
+        * All `max_concurrent_turns` slots busy: wait for one up to `turn_queue_s` (at most
+          `max_concurrent_turns` waiters), else 503 `chat_busy` with `Retry-After`.
+        """
+        key = caller.key_id
+        wait_s = self.turn_rate.take(key)
+        if wait_s > 0:
+            self.refused["rate_limited"] += 1
+            held = self._held.get(key, 0)
+            if held < self.config.max_held_refusals:
+                self._held[key] = held + 1
+                try:
+                    await asyncio.sleep(min(wait_s, self.config.refusal_hold_s))
+                finally:
+                    self._held[key] -= 1
+            raise ChatError(
+                429,
+                "rate_limited",
+                f"this key may start {self.config.turns_per_minute:g} chat turns a minute "
+                f"(bursts of {self.config.burst}); retry later",
+                retry_after_s=TokenBucket.retry_after_s(wait_s),
+            )
+        busy = ChatError(
+            503,
+            "chat_busy",
+            f"the site already runs {self.config.max_concurrent_turns} chat turns; retry shortly",
+            retry_after_s=1,
+        )
+        if self._slots.locked() and self._waiting >= self.config.max_concurrent_turns:
+            self.refused["chat_busy"] += 1
+            raise busy
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(self.config.turn_queue_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.refused["chat_busy"] += 1
+            raise busy from None
+        finally:
+            self._waiting -= 1
+        self.running_turns += 1
+        try:
+            yield
+        finally:
+            self.running_turns -= 1
+            self._slots.release()
 
     async def chat(
         self,
         message: str,
-        scopes: frozenset[str],
+        caller: Principal,
         session_id: str | None = None,
         confirm: bool = False,
         timeout_s: float | None = None,
         persist: bool = True,
+        read_only: bool = False,
     ) -> ChatReply:
         """Run one turn and return the reply with its tool calls, model, usage and latency."""
         final: ChatReply | None = None
-        async for kind, payload in self.stream(message, scopes, session_id, confirm, timeout_s, persist):
+        async for kind, payload in self.stream(
+            message, caller, session_id, confirm, timeout_s, persist, read_only
+        ):
             if kind == "done":
                 final = payload
         assert final is not None
@@ -204,16 +319,37 @@ class ChatService:
     async def stream(
         self,
         message: str,
-        scopes: frozenset[str],
+        caller: Principal,
         session_id: str | None = None,
         confirm: bool = False,
         timeout_s: float | None = None,
         persist: bool = True,
+        read_only: bool = False,
     ) -> AsyncIterator[tuple[str, Any]]:
         """Run one turn, yielding ("session", id), ("text", delta), ("tool_start"/"tool_end", record)
-        as they happen and finally ("done", ChatReply). Failures raise `ChatError`."""
+        as they happen and finally ("done", ChatReply). Failures raise `ChatError`.
+
+        Admission (`admitted`) comes first, so no path can skip it. `read_only` refuses every change.
+        """
         started = time.perf_counter()
-        session = await self._session(session_id)
+        async with self.admitted(caller):
+            async for item in self._turn(
+                message, caller, session_id, confirm, timeout_s, persist, read_only, started
+            ):
+                yield item
+
+    async def _turn(
+        self,
+        message: str,
+        caller: Principal,
+        session_id: str | None,
+        confirm: bool,
+        timeout_s: float | None,
+        persist: bool,
+        read_only: bool,
+        started: float,
+    ) -> AsyncIterator[tuple[str, Any]]:
+        session = await self._session(session_id, caller.key_id)
         if session.lock.locked():
             raise ChatError(409, "session_busy", "this session is already running a turn", "session_id")
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -221,7 +357,27 @@ class ChatService:
         def on_tool_event(kind: str, record: ToolCallRecord) -> None:
             events.put_nowait((kind, record.to_dict()))
 
-        caller = Caller(session.id, scopes, confirm, on_tool_event=on_tool_event)
+        turn_caller = Caller(
+            session.id,
+            caller.scopes,
+            confirm,
+            on_tool_event=on_tool_event,
+            key_id=caller.key_id,
+            read_only=read_only,
+        )
+        async for item in self._run_turn(session, message, turn_caller, events, started, timeout_s, persist):
+            yield item
+
+    async def _run_turn(
+        self,
+        session: _Session,
+        message: str,
+        caller: Caller,
+        events: asyncio.Queue[tuple[str, Any]],
+        started: float,
+        timeout_s: float | None,
+        persist: bool,
+    ) -> AsyncIterator[tuple[str, Any]]:
         async with session.lock:
             yield "session", session.id
             result = None
@@ -239,7 +395,7 @@ class ChatService:
                         if "result" in event:
                             result = event["result"]
             except TimeoutError:
-                await stream.aclose()
+                await stream.aclose()  # type: ignore[attr-defined]  # an async generator
                 self._drop(session)
                 self._count(session, "timeout")
                 raise ChatError(

@@ -35,6 +35,8 @@ class ClientCall:
     latency_budget_ms: int | None = None
     cache_key: str | None = None
     cache_ttl_s: float | None = None
+    tenant: str = ""
+    """The caller's own space (`Principal.tenant_tag()`): where a client-named `cache_key` lives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +61,32 @@ class Outcome:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+SUSPECT_MIN_WAIT_MS = 20.0
+SUSPECT_SLOWDOWN = 8.0
+"""A call that timed out after waiting at least this many times the service's usual upstream time
+(and at least `SUSPECT_MIN_WAIT_MS`) counts against its instance."""
+TYPICAL_EWMA_ALPHA = 0.1
+
 UNKNOWN_SERVICE = "(unknown)"
 """The name requests for services the site does not know are counted under (bounds label sets)."""
 
 
-def derive_cache_key(payload_json: bytes) -> str:
-    """A cache key for a payload when the client names none: a digest of its canonical JSON."""
+def payload_digest(payload_json: bytes) -> str:
+    """A digest of a payload's canonical JSON: equal digests mean equal payload bytes."""
     return hashlib.blake2b(payload_json, digest_size=16).hexdigest()
+
+
+def derive_cache_key(payload_json: bytes) -> str:
+    """The shared cache key of a payload when the client names none.
+
+    The answer depends only on the payload, so every caller of that payload shares the entry.
+    """
+    return f"p:{payload_digest(payload_json)}"
+
+
+def tenant_cache_key(tenant: str, cache_key: str) -> str:
+    """Where a client-named `cache_key` is stored: in the caller's own space, never a shared one."""
+    return f"k:{tenant}:{cache_key}"
 
 
 def _ms(since: float, until: float) -> float:
@@ -101,7 +122,8 @@ class Dispatcher:
         self.requests = requests
         self.client = client
         self.outstanding: dict[str, int] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[Outcome]] = {}
+        self._typical_ms: dict[str, float] = {}
 
     async def serve(self, call: ClientCall) -> Outcome:
         started = time.perf_counter()
@@ -135,6 +157,22 @@ class Dispatcher:
                         f"service {service.name!r} serves {sorted(service.client_kinds)} clients, "
                         f"not {call.client_kind!r}",
                         "client.kind",
+                    ),
+                ),
+            )
+
+        if call.cache_ttl_s is not None and call.cache_ttl_s > service.max_cache_ttl_s:
+            return self._finish(
+                started,
+                Outcome(
+                    422,
+                    call.service,
+                    "reject",
+                    "",
+                    error=ErrorInfo(
+                        "invalid_field",
+                        f"cache_ttl_s: at most {service.max_cache_ttl_s:g} s for service {service.name!r}",
+                        "cache_ttl_s",
                     ),
                 ),
             )
@@ -185,7 +223,9 @@ class Dispatcher:
 
         Followers wait for the leader's answer within their own budget; the answer is cached.
         """
-        slot = (service.name, cache_key)
+        # Only requests with the same payload bytes share a call: under a client-named key two
+        # callers may ask different things.
+        slot = (service.name, cache_key, payload_digest(call.payload_json))
         leader = self._inflight.get(slot)
         if leader is not None:
             waited = time.perf_counter()
@@ -226,10 +266,14 @@ class Dispatcher:
         finally:
             del self._inflight[slot]
 
-    def _cache_key(self, call: ClientCall, service: ServiceView) -> str | None:
+    @staticmethod
+    def _cache_key(call: ClientCall, service: ServiceView) -> str | None:
+        """The stored name of this request's answer: the caller's own key, else the payload's."""
         if not service.cacheable:
             return None
-        return call.cache_key or derive_cache_key(call.payload_json)
+        if call.cache_key is not None:
+            return tenant_cache_key(call.tenant, call.cache_key)
+        return derive_cache_key(call.payload_json)
 
     async def _call_instance(
         self,
@@ -258,7 +302,11 @@ class Dispatcher:
                     timeout=remaining,
                 )
             except httpx.TimeoutException:
-                timings["upstream"] = _ms(sent, time.perf_counter())
+                waited = timings["upstream"] = _ms(sent, time.perf_counter())
+                if self._hung(service.name, waited):
+                    # The router stops sending to it now; the runtime's health checks decide
+                    # whether it comes back or is restarted.
+                    self.runtime.report_failure(instance.id)
                 return self._timeout(service.name, instance.id)
             except httpx.TransportError as exc:
                 timings["upstream"] = _ms(sent, time.perf_counter())
@@ -283,7 +331,11 @@ class Dispatcher:
                 )
             finally:
                 self.outstanding[instance.id] -= 1
-            timings["upstream"] = _ms(sent, time.perf_counter())
+            upstream = timings["upstream"] = _ms(sent, time.perf_counter())
+            if response.status_code < 500:
+                # Warms up from zero: a slow first call (cold caches) must not hide a hung instance.
+                typical = self._typical_ms.get(service.name, 0.0)
+                self._typical_ms[service.name] = typical + (upstream - typical) * TYPICAL_EWMA_ALPHA
             return self._from_response(service.name, instance.id, response)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -301,6 +353,15 @@ class Dispatcher:
             target,
             error=ErrorInfo("upstream_failed", f"instance {target} answered {response.status_code}"),
         )
+
+    def _hung(self, service: str, waited_ms: float) -> bool:
+        """Whether a timed-out call says more about the instance than about a tight budget.
+
+        It does when the call waited many times what the service usually takes (and at least
+        `SUSPECT_MIN_WAIT_MS`): a client's 1 ms budget must not take a healthy instance out.
+        """
+        typical = self._typical_ms.get(service, 0.0)
+        return waited_ms >= max(SUSPECT_MIN_WAIT_MS, SUSPECT_SLOWDOWN * typical)
 
     @staticmethod
     def _timeout(service: str, target: str) -> Outcome:

@@ -1,22 +1,33 @@
 """What the operator agent may do: a strands `BeforeToolCall` hook, and the record of each call.
 
-Every tool call is classified as `read`, `mutate` or `destructive` from its name and input.
-Mutations need the caller's `operator` scope and stay under a per-session rate; destructive ones
-(stop, scale to 0, flush) also need the caller's explicit `confirm`; starts must name an
-allowlisted service and image. A refused call never reaches the tool: the model receives an error
-tool result carrying the reason, and the refusal is logged.
+The hook first normalises the call's input with the tool's own input model, so it judges exactly
+what the tool will act on (`replicas: "0"` is a scale to zero), and hands the tool that
+normalised input. Then:
+
+* every tool needs the scope `agent.scopes` gives it, the same as the REST route that shows the
+  same data (a client key reads no metrics, logs or cache entries through chat);
+* each call is classified `read`, `mutate` or `destructive`; changes stay under a per-key rate
+  (kept across sessions, so a new or restored session does not reset it); destructive ones (stop,
+  scale to 0, flush) also need the caller's explicit `confirm`; starts must name an allowlisted
+  service and image.
+
+A refused call never reaches the tool: the model receives an error tool result carrying the
+reason, and the refusal is logged.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from strands.hooks import AfterToolCallEvent, BeforeToolCallEvent, HookProvider, HookRegistry
+from strands.types.tools import AgentTool
+
+from agent.limits import MutationLimiter
+from agent.scopes import scope_for
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,23 @@ def classify(tool: str, tool_input: Mapping[str, Any]) -> Effect:
     if tool == "container_ops" and action == "scale" and tool_input.get("replicas") == 0:
         return "destructive"
     return "mutate"
+
+
+def normalised_input(tool: AgentTool | None, tool_input: Mapping[str, Any]) -> dict[str, Any]:
+    """The input as the tool will receive it after its own validation (e.g. "0" → 0).
+
+    Only the keys the caller gave are kept (defaults stay implicit). Input the tool's model
+    rejects is returned unchanged: the tool refuses it itself, and the policy judges the raw form.
+    """
+    metadata = getattr(tool, "_metadata", None)  # strands' DecoratedFunctionTool keeps its input model here
+    validate = getattr(metadata, "validate_input", None)
+    if validate is None:
+        return dict(tool_input)
+    try:
+        validated: dict[str, Any] = validate(dict(tool_input))
+    except ValueError:
+        return dict(tool_input)
+    return {key: validated[key] for key in tool_input if key in validated}
 
 
 @dataclass
@@ -78,10 +106,14 @@ class Caller:
     confirm: bool = False
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     on_tool_event: Callable[[str, ToolCallRecord], None] | None = None
+    key_id: str = ""
+    """The caller's API key id: changes are rate-limited per key (the session id without one)."""
+    read_only: bool = False
+    """Refuse every change (free-text client requests run this way)."""
 
 
 class ToolPolicy(HookProvider):
-    """The policy of one chat session (it owns that session's mutation rate window)."""
+    """The policy of one chat session; the mutation limiter is shared by the site's sessions."""
 
     def __init__(
         self,
@@ -89,12 +121,11 @@ class ToolPolicy(HookProvider):
         image_allowlist: Iterable[str],
         mutations_per_minute: int,
         clock: Callable[[], float] = time.monotonic,
+        limiter: MutationLimiter | None = None,
     ) -> None:
         self.services = frozenset(services)
         self.image_allowlist = frozenset(image_allowlist)
-        self.mutations_per_minute = mutations_per_minute
-        self._clock = clock
-        self._mutations: deque[float] = deque()
+        self.limiter = limiter or MutationLimiter(mutations_per_minute, clock)
         self._by_tool_use: dict[str, ToolCallRecord] = {}
 
     def register_hooks(self, registry: HookRegistry, **_: Any) -> None:
@@ -102,13 +133,19 @@ class ToolPolicy(HookProvider):
         registry.add_callback(AfterToolCallEvent, self.after_tool_call)
 
     def refusal(self, caller: Caller | None, tool: str, tool_input: Mapping[str, Any]) -> str | None:
-        """Why this call may not run, or None when it may."""
+        """Why this call may not run, or None when it may. `tool_input` is already normalised."""
+        action = tool_input.get("action", "call")
+        needed = scope_for(tool)
+        if caller is None or needed not in caller.scopes:
+            return (
+                f"refused: {tool} needs an {needed} key (the same scope as the REST API gives this data); "
+                "this key may not read or change the site's state"
+            )
         effect = classify(tool, tool_input)
         if effect == "read":
             return None
-        action = tool_input.get("action", "call")
-        if caller is None or "operator" not in caller.scopes:
-            return f"refused: {tool} {action} changes the site and needs an operator key"
+        if caller.read_only:
+            return f"refused: {tool} {action} changes the site, and this request may only read"
         if tool == "container_ops" and action in ("start", "scale"):
             service = tool_input.get("service")
             if service not in self.services:
@@ -123,18 +160,19 @@ class ToolPolicy(HookProvider):
                 f"needs confirmation: {tool} {action} is destructive; "
                 "ask the operator to confirm and resend the request with confirm: true"
             )
-        now = self._clock()
-        while self._mutations and now - self._mutations[0] > 60:
-            self._mutations.popleft()
-        if len(self._mutations) >= self.mutations_per_minute:
-            return f"refused: rate limit of {self.mutations_per_minute} changing actions per minute reached"
-        self._mutations.append(now)
+        if not self.limiter.take(caller.key_id or caller.session_id):
+            return f"refused: rate limit of {self.limiter.per_minute} changing actions per minute reached"
         return None
 
     def before_tool_call(self, event: BeforeToolCallEvent) -> None:
         caller = event.invocation_state.get(CALLER_KEY)
         tool_use = event.tool_use
-        tool_input = tool_use.get("input") or {}
+        raw = tool_use.get("input")
+        tool_input = normalised_input(event.selected_tool, raw if isinstance(raw, Mapping) else {})
+        if isinstance(raw, Mapping) and tool_input != raw:
+            # The tool acts on exactly what the policy judged.
+            event.tool_use = {**tool_use, "input": tool_input}
+            tool_use = event.tool_use
         record = ToolCallRecord(name=tool_use["name"], input=dict(tool_input), started=time.perf_counter())
         reason = self.refusal(caller, record.name, tool_input)
         if reason is not None:

@@ -19,6 +19,7 @@ class ServiceView:
     default_budget_ms: int
     affinity_key: str | None
     client_kinds: frozenset[str]
+    max_cache_ttl_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ClientKind = Literal["mobile", "iot", "gaming"]
+from config.settings import ClientKind
 
 
 class ClientInfo(BaseModel):

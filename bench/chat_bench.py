@@ -24,11 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.scopes import Principal  # noqa: E402
 from api.site import Site  # noqa: E402
 from config.settings import load_settings  # noqa: E402
 
 MESSAGES = ("cache stats", "what is the status of the site?", "what is the gpu doing?", "show logs of sensor")
-OPERATOR = frozenset({"client", "operator"})
+OPERATOR = Principal("operator-key-id", frozenset({"client", "operator"}))
 
 
 def _row(name: str, samples: list[float]) -> str:

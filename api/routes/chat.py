@@ -15,11 +15,17 @@ from api.auth import require
 from api.errors import ApiError, error_body
 from api.schemas import ERROR_RESPONSES, ChatRequest, ChatResponse
 
-router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require("client"))])
+router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require("chat.turn"))])
 
 
 def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def chat_api_error(exc: ChatError) -> ApiError:
+    """A chat failure as the API's error, with `Retry-After` when the turn was refused for load."""
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return ApiError(exc.status, exc.code, exc.message, exc.field, headers)
 
 
 def _checked_message(request: Request, body: ChatRequest) -> str:
@@ -46,8 +52,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     """
     site = request.app.state.site
     message = _checked_message(request, body)
-    scopes = frozenset(request.state.scopes)
-    turn = site.chat.stream(message, scopes, body.session_id, body.confirm)
+    turn = site.chat.stream(message, request.state.principal, body.session_id, body.confirm)
     if "text/event-stream" not in request.headers.get("accept", ""):
         reply: ChatReply | None = None
         try:
@@ -55,7 +60,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
                 if kind == "done":
                     reply = payload
         except ChatError as exc:
-            raise ApiError(exc.status, exc.code, exc.message, exc.field) from None
+            raise chat_api_error(exc) from None
         assert reply is not None
         return JSONResponse(reply.to_dict())
     # The turn runs in a task of its own, feeding a queue the response drains: strands keeps
@@ -64,7 +69,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     producer = asyncio.get_running_loop().create_task(_produce(turn, queue))
     kind, first = await queue.get()
     if kind == "error":
-        raise ApiError(first.status, first.code, first.message, first.field)
+        raise chat_api_error(first)
     return StreamingResponse(_event_stream(kind, first, queue, producer), media_type="text/event-stream")
 
 

@@ -14,13 +14,14 @@ from pydantic import ValidationError
 
 from agent.chat import ChatError
 from agent.dispatch import ClientCall, Outcome, canonical_json
+from agent.scopes import Principal
 from api.auth import require
 from api.errors import ApiError, error_body
 from api.schemas import ERROR_RESPONSES, ServiceRequest, ServiceResponse
 
 _COMPACT = (",", ":")
 
-router = APIRouter(prefix="/v1", tags=["requests"], dependencies=[Depends(require("client"))])
+router = APIRouter(prefix="/v1", tags=["requests"], dependencies=[Depends(require("requests.serve"))])
 
 
 def _server_timing(timings: dict[str, float]) -> str:
@@ -95,8 +96,9 @@ async def serve_request(request: Request) -> Response:
     """
     body = await read_body(request)
     site = request.app.state.site
+    principal: Principal = request.state.principal
     if body.service is None or (body.allow_llm and body.service not in site.services):
-        return await _serve_with_llm(body, site)
+        return await _serve_with_llm(body, site, principal)
     call = ClientCall(
         service=body.service,
         payload=body.payload,
@@ -106,6 +108,7 @@ async def serve_request(request: Request) -> Response:
         latency_budget_ms=body.latency_budget_ms,
         cache_key=body.cache_key,
         cache_ttl_s=body.cache_ttl_s,
+        tenant=principal.tenant_tag(),
     )
     outcome = await site.dispatcher.serve(call)
     return render(outcome, site.settings.site_id, uuid.uuid4().hex)
@@ -115,7 +118,7 @@ LLM_SERVICE = "(llm)"
 """The name requests served by the agent are counted under in /metrics."""
 
 
-async def _serve_with_llm(body: ServiceRequest, site: Any) -> Response:
+async def _serve_with_llm(body: ServiceRequest, site: Any, principal: Principal) -> Response:
     """A request the fast path cannot classify, handed to the agent with its own budget (read-only)."""
     if not body.allow_llm:
         raise ApiError(
@@ -131,13 +134,18 @@ async def _serve_with_llm(body: ServiceRequest, site: Any) -> Response:
     request_id = uuid.uuid4().hex
     started = time.perf_counter()
     try:
-        reply = await site.chat.chat(text, frozenset({"client"}), timeout_s=budget_ms / 1000, persist=False)
+        reply = await site.chat.chat(
+            text, principal, timeout_s=budget_ms / 1000, persist=False, read_only=True
+        )
     except ChatError as exc:
         total = round((time.perf_counter() - started) * 1000, 3)
         site.monitor.requests.record(LLM_SERVICE, "llm", exc.status, total)
         body_ = error_body(exc.code, exc.message, exc.field)
         body_["request_id"] = request_id
-        return JSONResponse(body_, status_code=exc.status, headers={"Server-Timing": f"total;dur={total}"})
+        headers = {"Server-Timing": f"total;dur={total}"}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(exc.retry_after_s)
+        return JSONResponse(body_, status_code=exc.status, headers=headers)
     total = round((time.perf_counter() - started) * 1000, 3)
     site.monitor.requests.record(LLM_SERVICE, "llm", 200, total)
     content = {

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from api.auth import require
 from api.schemas import ERROR_RESPONSES, ServiceInfo, ServicesResponse
 
-router = APIRouter(prefix="/v1", tags=["services"], dependencies=[Depends(require("client"))])
+router = APIRouter(prefix="/v1", tags=["services"], dependencies=[Depends(require("services.list"))])
 
 
 @router.get("/services", response_model=ServicesResponse, responses=ERROR_RESPONSES)

@@ -5,6 +5,7 @@ from redis import asyncio as aioredis
 
 from agent.chat import SESSION_NAMESPACE, ChatConfig, ChatService
 from agent.models import ScriptedModel, Turn
+from agent.scopes import Principal
 from tests.conftest import RedisServer
 from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
@@ -13,6 +14,8 @@ from tools.caches.redis import RedisCache
 pytestmark = pytest.mark.integration
 
 CONFIG = ChatConfig(system_prompt="p", services=(), image_allowlist=(), session_ttl_s=600)
+
+CLIENT = Principal("client-key-id", frozenset({"client"}))
 
 
 def _site_cache(url: str) -> CacheManager:
@@ -24,7 +27,7 @@ async def test_chat_session_lives_in_redis_and_resumes_on_another_process(redis_
     first = ChatService(
         CONFIG, [cache_manager_tool(first_store)], lambda: ScriptedModel([Turn(text="noted")]), first_store
     )
-    reply = await first.chat("remember sensor-1", frozenset({"client"}))
+    reply = await first.chat("remember sensor-1", CLIENT)
     direct = aioredis.Redis.from_url(redis_server.url)
     try:
         ttl = await direct.ttl(f"mec:{SESSION_NAMESPACE}:{reply.session_id}")
@@ -41,7 +44,7 @@ async def test_chat_session_lives_in_redis_and_resumes_on_another_process(redis_
         return models[-1]
 
     second = ChatService(CONFIG, [cache_manager_tool(second_store)], factory, second_store)
-    again = await second.chat("what did I say?", frozenset({"client"}), session_id=reply.session_id)
+    again = await second.chat("what did I say?", CLIENT, session_id=reply.session_id)
     await second_store.close()
     assert again.reply == "still here"
     texts = [b.get("text") for m in models[0].requests[0].messages for b in m["content"]]

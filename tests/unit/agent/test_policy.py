@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.limits import MutationLimiter
 from agent.policy import Caller, ToolPolicy, classify
 
 OPERATOR = frozenset({"client", "operator"})
@@ -40,8 +41,42 @@ def test_tool_calls_are_classified_by_effect(tool: str, tool_input: dict, effect
     assert classify(tool, tool_input) == effect
 
 
-def test_reads_need_no_operator_scope() -> None:
-    assert _policy().refusal(Caller("s", CLIENT), "container_ops", {"action": "list"}) is None
+@pytest.mark.parametrize(
+    ("tool", "tool_input"),
+    [
+        ("metrics_monitor", {"section": "host"}),
+        ("container_ops", {"action": "list"}),
+        ("container_ops", {"action": "logs", "instance_id": "sensor-1"}),
+        ("cache_manager", {"action": "stats"}),
+        ("cache_manager", {"action": "get", "namespace": "inference", "key": "k"}),
+    ],
+)
+def test_client_scope_reads_no_operator_data(tool: str, tool_input: dict) -> None:
+    reason = _policy().refusal(Caller("s", CLIENT), tool, tool_input)
+    assert reason is not None and "operator key" in reason
+
+
+def test_operator_reads_need_no_confirmation() -> None:
+    assert _policy().refusal(Caller("s", OPERATOR), "container_ops", {"action": "list"}) is None
+
+
+def test_read_only_turn_refuses_changes_even_for_an_operator() -> None:
+    caller = Caller("s", OPERATOR, read_only=True)
+    assert _policy().refusal(caller, "container_ops", {"action": "list"}) is None
+    reason = _policy().refusal(caller, "container_ops", {"action": "restart", "instance_id": "sensor-1"})
+    assert reason is not None and "may only read" in reason
+
+
+def test_mutation_rate_is_per_key_across_sessions() -> None:
+    limiter = MutationLimiter(2, Clock())
+    first = ToolPolicy(["sensor"], [], 2, limiter=limiter)
+    second = ToolPolicy(["sensor"], [], 2, limiter=limiter)
+    restart = {"action": "restart", "instance_id": "sensor-1"}
+    assert first.refusal(Caller("s1", OPERATOR, key_id="k"), "container_ops", restart) is None
+    assert first.refusal(Caller("s1", OPERATOR, key_id="k"), "container_ops", restart) is None
+    # A new session of the same key does not get a fresh allowance; another key does.
+    assert "rate limit" in (second.refusal(Caller("s2", OPERATOR, key_id="k"), "container_ops", restart) or "")
+    assert second.refusal(Caller("s3", OPERATOR, key_id="other"), "container_ops", restart) is None
 
 
 def test_mutation_without_operator_scope_is_refused() -> None:

@@ -1,0 +1,65 @@
+"""Who may do what: API key scopes, the caller's identity, and the scope of every action.
+
+One table decides the scope of each action, whichever path it comes by: a REST route, a chat
+tool call, or (later) a peer. `/v1/metrics/snapshot` and the `metrics_monitor` tool read the same
+data, so they need the same scope; a client key gets no operator data through any path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Scope = Literal["client", "operator"]
+
+ACTION_SCOPES: Mapping[str, Scope] = {
+    # The fast path and what a client needs to call it.
+    "requests.serve": "client",
+    "services.list": "client",
+    "chat.turn": "client",
+    # Site data and changes: the REST routes and the chat tools that expose them.
+    "metrics.read": "operator",
+    "metrics_monitor": "operator",
+    "container_ops": "operator",
+    "cache_manager": "operator",
+    "site.health_detail": "operator",
+}
+"""The scope of each action. A tool's entry covers all of its actions (reads included): every
+one of them returns operator data (host figures, instance logs, cache contents)."""
+
+UNKNOWN_ACTION_SCOPE: Scope = "operator"
+"""Anything the table does not name needs the operator scope."""
+
+
+def scope_for(action: str) -> Scope:
+    """The scope an action needs: a REST action (`metrics.read`) or a tool name (`container_ops`)."""
+    return ACTION_SCOPES.get(action, UNKNOWN_ACTION_SCOPE)
+
+
+def key_id(key: str) -> str:
+    """A stable, non-secret id for an API key (a digest): what logs, sessions and limits use."""
+    return hashlib.blake2b(key.encode(), digest_size=8, person=b"mec-key-id").hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of one request: its key's id (never the key) and the scopes the key holds."""
+
+    key_id: str
+    scopes: frozenset[Scope]
+
+    def may(self, action: str) -> bool:
+        return scope_for(action) in self.scopes
+
+    @property
+    def is_operator(self) -> bool:
+        return "operator" in self.scopes
+
+    def tenant_tag(self) -> str:
+        """What names this caller's own space in stored names (cache keys): a digest of its key id."""
+        return hashlib.blake2b(self.key_id.encode(), digest_size=8, person=b"mec-tenant").hexdigest()
+
+    def to_log(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "scopes": sorted(self.scopes)}

@@ -1,0 +1,205 @@
+"""The dispatcher over real sockets: cache tenancy, coalescing, retry-once and the status mapping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from agent.dispatch import ClientCall, Dispatcher, Outcome, canonical_json, derive_cache_key
+from agent.view import ServiceView, View
+from tests.support.workloads import ScriptedWorkload, StaticRuntime, instance_for
+from tools.cache_manager import CacheManager
+from tools.caches.memory import MemoryCache
+from tools.metrics_monitor import RequestLog
+from tools.runtimes.base import free_port
+
+SERVICES = {
+    "svc": ServiceView("svc", False, True, 60.0, 2000, None, frozenset({"mobile"}), max_cache_ttl_s=600.0),
+    "plain": ServiceView("plain", False, False, 60.0, 2000, None, frozenset({"mobile"})),
+}
+
+
+@dataclass
+class Rig:
+    dispatcher: Dispatcher
+    runtime: StaticRuntime
+    cache: CacheManager
+    workloads: list[ScriptedWorkload]
+
+    async def serve(self, payload: dict, service: str = "svc", tenant: str = "tenant-a", **extra) -> Outcome:
+        return await self.dispatcher.serve(
+            ClientCall(
+                service=service,
+                payload=payload,
+                payload_json=canonical_json(payload),
+                client_kind="mobile",
+                client_id="c",
+                tenant=tenant,
+                **extra,
+            )
+        )
+
+
+@pytest.fixture
+async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
+    opened: list[ScriptedWorkload] = []
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(healthy: int = 1, dead_first: bool = False, service: str = "svc") -> Rig:
+        instances = []
+        workloads = []
+        if dead_first:
+            instances.append(instance_for(free_port(), service, f"{service}-0"))
+        for index in range(healthy):
+            workload = await ScriptedWorkload(f"{service}-{index + 1}").__aenter__()
+            opened.append(workload)
+            workloads.append(workload)
+            instances.append(instance_for(workload, service, workload.name))
+        runtime = StaticRuntime(instances)
+        cache = CacheManager(MemoryCache(1000))
+        client = httpx.AsyncClient()
+        clients.append(client)
+
+        def view_for(name: str) -> View:
+            return View(
+                "site-t", SERVICES, {name: runtime.ready_instances(name)}, dispatcher.outstanding, 32, False, 1
+            )
+
+        dispatcher = Dispatcher(view_for, cache, runtime, RequestLog(), client)
+        return Rig(dispatcher, runtime, cache, workloads)
+
+    try:
+        yield make  # type: ignore[misc]
+    finally:
+        for workload in opened:
+            await workload.__aexit__()
+        for client in clients:
+            await client.aclose()
+
+
+async def test_a_miss_is_served_then_cached_for_the_same_payload(make_rig) -> None:
+    rig = await make_rig()
+    first = await rig.serve({"q": 1})
+    second = await rig.serve({"q": 1}, tenant="tenant-b")
+    assert (first.status, first.tier, first.cached) == (200, "local", False)
+    assert (second.tier, second.cached, second.result_json) == ("cache", True, first.result_json)
+    assert rig.workloads[0].calls == 1
+
+
+async def test_a_client_named_key_cannot_poison_the_shared_entry_of_a_payload(make_rig) -> None:
+    rig = await make_rig()
+    victim = {"q": "what is the weather"}
+    digest = derive_cache_key(canonical_json(victim))
+    for name in (digest, digest.removeprefix("p:")):
+        attack = await rig.serve({"q": "evil"}, tenant="attacker", cache_key=name, cache_ttl_s=600)
+        assert attack.status == 200
+    answer = await rig.serve(victim, tenant="victim")
+    assert answer.cached is False
+    assert b"evil" not in (answer.result_json or b"")
+
+
+async def test_a_client_named_key_lives_in_the_callers_own_space(make_rig) -> None:
+    rig = await make_rig()
+    mine = await rig.serve({"q": "mine"}, tenant="a", cache_key="home")
+    theirs = await rig.serve({"q": "theirs"}, tenant="b", cache_key="home")
+    again = await rig.serve({"q": "anything"}, tenant="a", cache_key="home")
+    assert theirs.cached is False and b"theirs" in (theirs.result_json or b"")
+    assert again.cached is True and again.result_json == mine.result_json
+    stored = rig.cache.memory.namespaces()
+    assert stored == {"svc": 2}
+
+
+async def test_concurrent_misses_of_one_payload_share_one_upstream_call(make_rig) -> None:
+    rig = await make_rig()
+    payload = {"mode": "hold", "q": 1}
+    calls = [asyncio.create_task(rig.serve(payload, tenant=f"t{i}")) for i in range(5)]
+    await _until(lambda: rig.workloads[0].calls == 1)
+    rig.workloads[0].release.set()
+    outcomes = await asyncio.gather(*calls)
+    assert {o.status for o in outcomes} == {200}
+    assert len({o.result_json for o in outcomes}) == 1
+    assert sum("coalesced" in o.timings_ms for o in outcomes) == 4
+    assert rig.workloads[0].calls == 1
+
+
+async def test_concurrent_misses_under_one_client_key_with_different_payloads_are_not_joined(make_rig) -> None:
+    rig = await make_rig()
+    first = asyncio.create_task(rig.serve({"mode": "hold", "q": "one"}, cache_key="k"))
+    await _until(lambda: rig.workloads[0].calls == 1)
+    second = asyncio.create_task(rig.serve({"mode": "hold", "q": "two"}, cache_key="k"))
+    await _until(lambda: rig.workloads[0].calls == 2)
+    rig.workloads[0].release.set()
+    one, two = await asyncio.gather(first, second)
+    assert b'"one"' in (one.result_json or b"") and b'"two"' in (two.result_json or b"")
+
+
+async def test_cache_ttl_over_the_services_maximum_is_422_naming_it(make_rig) -> None:
+    rig = await make_rig()
+    outcome = await rig.serve({"q": 1}, cache_key="k", cache_ttl_s=7 * 24 * 3600)
+    assert outcome.status == 422 and outcome.error is not None
+    assert (outcome.error.code, outcome.error.field) == ("invalid_field", "cache_ttl_s")
+    assert rig.workloads[0].calls == 0
+
+
+async def test_a_refused_connection_is_retried_once_on_another_instance(make_rig) -> None:
+    rig = await make_rig(healthy=1, dead_first=True, service="plain")
+    outcome = await rig.serve({"q": 1}, service="plain")
+    assert (outcome.status, outcome.target) == (200, "plain-1")
+    assert rig.runtime.reported == ["plain-0"]
+
+
+async def test_a_refused_connection_with_no_other_instance_is_502(make_rig) -> None:
+    rig = await make_rig(healthy=0, dead_first=True, service="plain")
+    outcome = await rig.serve({"q": 1}, service="plain")
+    assert outcome.status == 502 and outcome.error is not None and outcome.error.code == "upstream_failed"
+
+
+async def test_an_instance_error_is_502_and_counts_against_the_instance(make_rig) -> None:
+    rig = await make_rig(service="plain")
+    outcome = await rig.serve({"mode": "fail"}, service="plain")
+    assert outcome.status == 502
+    assert rig.runtime.reported == ["plain-1"]
+
+
+async def test_a_rejected_payload_is_422_and_never_counts_against_the_instance(make_rig) -> None:
+    rig = await make_rig(service="plain")
+    outcome = await rig.serve({"mode": "reject"}, service="plain")
+    assert outcome.status == 422 and outcome.error is not None
+    assert outcome.error.field == "payload.value"
+    assert rig.runtime.reported == []
+
+
+async def test_no_ready_instance_is_503_with_retry_after(make_rig) -> None:
+    rig = await make_rig(healthy=0, service="plain")
+    outcome = await rig.serve({"q": 1}, service="plain")
+    assert (outcome.status, outcome.tier, outcome.retry_after_s) == (503, "reject", 1)
+
+
+async def test_a_hung_instance_is_504_and_taken_out_after_one_request(make_rig) -> None:
+    rig = await make_rig(service="plain")
+    outcome = await rig.serve({"mode": "hold"}, service="plain", latency_budget_ms=200)
+    assert outcome.status == 504 and outcome.error is not None and outcome.error.code == "budget_exceeded"
+    assert rig.runtime.reported == ["plain-1"]
+    after = await rig.serve({"q": 1}, service="plain")
+    assert after.status == 503  # not sent to the hung instance again
+
+
+async def test_a_budget_too_tight_for_a_healthy_instance_does_not_take_it_out(make_rig) -> None:
+    rig = await make_rig(service="plain")
+    for _ in range(3):
+        assert (await rig.serve({"q": 1}, service="plain")).status == 200
+    outcome = await rig.serve({"mode": "wait", "ms": 50}, service="plain", latency_budget_ms=1)
+    assert outcome.status == 504
+    assert rig.runtime.reported == []
+    assert (await rig.serve({"q": 2}, service="plain")).status == 200
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
