@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -123,3 +124,47 @@ async def test_container_ops_tool_scales_and_refuses_unknown_images(runtime: Loc
     with pytest.raises(NotAllowedError):
         await tool(action="start", service="sensor", image="evil/miner:latest")
     assert len(runtime.instances("sensor")) == 2
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+async def test_workloads_do_not_inherit_the_sites_keys_or_secrets(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEC_OPERATOR_KEYS", "operator-secret-0123456789")
+    monkeypatch.setenv("MEC_MODEL_API_KEY", "model-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    [inst] = await runtime.start("sensor")
+    assert inst.pid is not None
+    env = _environ(inst.pid)
+    assert "secret" not in " ".join(env.values())
+    assert not {"MEC_OPERATOR_KEYS", "MEC_MODEL_API_KEY", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    assert env["MEC_WORKLOAD_PORT"] == str(inst.port) and "PATH" in env
+
+
+async def test_a_reported_failure_takes_the_instance_out_at_once_and_a_good_check_brings_it_back(
+    runtime: LocalRuntime,
+) -> None:
+    [inst] = await runtime.start("sensor")
+    runtime.report_failure(inst.id)
+    assert runtime.ready_instances("sensor") == []  # the router stops sending to it now
+    await _wait_for(lambda: runtime.ready_instances("sensor") == [inst])
+    assert inst.restarts == 0
+
+
+async def test_a_reported_hung_instance_is_killed_and_restarted(runtime: LocalRuntime) -> None:
+    [inst] = await runtime.start("sensor")
+    old_pid = inst.pid
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGSTOP)
+    try:
+        runtime.report_failure(inst.id)
+        assert runtime.ready_instances("sensor") == []
+        await _wait_for(lambda: inst.pid != old_pid and inst.ready, timeout_s=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old_pid, signal.SIGCONT)
+    assert inst.restarts == 1

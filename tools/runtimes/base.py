@@ -7,8 +7,10 @@ fast path reads `ready_instances()` (a cheap in-memory read); everything else is
 
 from __future__ import annotations
 
+import os
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,6 +98,30 @@ class InstanceStats:
     memory_limit_bytes: int | None = None
 
 
+WORKLOAD_ENV_PASSTHROUGH: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+)
+"""The only variables of the site's environment a workload inherits: never the site's API keys,
+model keys, cloud credentials or anything else the site was given."""
+
+
+def workload_environment(extra: Mapping[str, str], parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a workload process starts with: `WORKLOAD_ENV_PASSTHROUGH` of the site's
+    own environment (or of `parent`), plus the workload's `extra` variables."""
+    source = os.environ if parent is None else parent
+    return {**{name: source[name] for name in WORKLOAD_ENV_PASSTHROUGH if name in source}, **extra}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -132,6 +158,10 @@ class Runtime(ABC):
                 f"image {chosen!r} for service {service!r} is not in the image allowlist of site {self.site_id}"
             )
         return spec, chosen
+
+    async def open(self) -> None:  # noqa: B027 (an optional hook: most runtimes need nothing here)
+        """Connect to whatever the runtime drives (e.g. the Docker engine); raise `RuntimeError_`
+        when it cannot be reached. The default does nothing."""
 
     @abstractmethod
     async def start(self, service: str, count: int = 1, image: str | None = None) -> list[Instance]:

@@ -221,6 +221,8 @@ class DockerRuntime(Runtime):
         self._cpu_prev: dict[str, _CpuSample] = {}
         self._retiring: set[str] = set()
         self._engine_down_logged = False
+        self.reconciles = 0
+        """Supervision passes started so far."""
 
     # --- properties -------------------------------------------------------------------------
 
@@ -554,6 +556,10 @@ class DockerRuntime(Runtime):
             loop.call_soon_threadsafe(self._mark_suspect, instance_id)
 
     def _mark_suspect(self, instance_id: str) -> None:
+        slot = self._slots.get(instance_id)
+        if slot is not None and slot.instance.state == "running":
+            # Out of the router's view until a probe says it answers again.
+            slot.instance.state = "unhealthy"
         self._suspects.add(instance_id)
         self._wake.set()
 
@@ -581,6 +587,7 @@ class DockerRuntime(Runtime):
         client = self._client
         if client is None:
             return
+        self.reconciles += 1
         listed = await self._engine(
             client.containers.list, all=True, sparse=True, filters={"label": self.label_filters}
         )

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import os
 import signal
 import sys
 import time
@@ -32,6 +31,7 @@ from tools.runtimes.base import (
     UnknownInstanceError,
     WorkloadSpec,
     free_port,
+    workload_environment,
 )
 
 log = logging.getLogger(__name__)
@@ -119,14 +119,15 @@ class LocalRuntime(Runtime):
 
     async def _spawn(self, managed: _Managed) -> None:
         instance, spec = managed.instance, managed.spec
-        env = {
-            **os.environ,
-            **spec.env,
-            "MEC_WORKLOAD_HOST": instance.host,
-            "MEC_WORKLOAD_PORT": str(instance.port),
-            "MEC_WORKLOAD_DEVICE": "auto" if instance.gpu else "cpu",
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = workload_environment(
+            {
+                **spec.env,
+                "MEC_WORKLOAD_HOST": instance.host,
+                "MEC_WORKLOAD_PORT": str(instance.port),
+                "MEC_WORKLOAD_DEVICE": "auto" if instance.gpu else "cpu",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         instance.state = "starting"
         process = await asyncio.create_subprocess_exec(
             self.python,
@@ -215,12 +216,19 @@ class LocalRuntime(Runtime):
         while True:
             await asyncio.sleep(self.supervise_interval_s)
             await asyncio.gather(
-                *(self._check(m) for m in list(self._managed.values()) if m.instance.state == "running")
+                *(
+                    self._check(m)
+                    for m in list(self._managed.values())
+                    if m.instance.state in ("running", "unhealthy")
+                )
             )
 
     async def _check(self, managed: _Managed) -> None:
         if await self._healthy(managed.instance):
             managed.failed_checks = 0
+            if managed.instance.state == "unhealthy" and managed.process is not None:
+                if managed.process.returncode is None:
+                    managed.instance.state = "running"
             return
         managed.failed_checks += 1
         if managed.failed_checks >= UNHEALTHY_AFTER and managed.process is not None:
@@ -230,9 +238,15 @@ class LocalRuntime(Runtime):
                 managed.process.kill()
 
     def report_failure(self, instance_id: str) -> None:
+        """Take the instance out of the router's view at once and check it now.
+
+        A passing health check puts it back; one more failed check kills it (the supervisor
+        then starts it again).
+        """
         managed = self._managed.get(instance_id)
         if managed is None or managed.instance.state != "running":
             return
+        managed.instance.state = "unhealthy"
         managed.failed_checks = UNHEALTHY_AFTER - 1
         asyncio.get_running_loop().create_task(self._check(managed))
 
