@@ -16,29 +16,46 @@ from api.schemas import ServiceRequest
 from api.site import Site
 from config.settings import Settings
 
+DRAIN_BYTES = 16 * 1024 * 1024
+"""How much of an oversize body the site reads and drops before answering 413."""
+
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for a body over `limit` bytes.
+    """Pure ASGI middleware: 413 for a body over `limit` bytes, that the client gets to read.
 
-    A declared Content-Length is checked up front (the server enforces it); a chunked body is
-    read here up to the limit, then replayed to the app.
+    A declared Content-Length is checked up front; a chunked body is read here up to the limit,
+    then replayed to the app. Most HTTP clients (Python's urllib, mobile stacks) send the whole
+    body before reading the answer, and closing on unread data makes the kernel reset the
+    connection under them: so the rest of the body, up to `DRAIN_BYTES`, is read and dropped
+    before the 413 is sent. A client that sent `Expect: 100-continue` is answered at once, and a
+    body larger than the drain allowance gets the 413 with `Connection: close`.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, drain_bytes: int = DRAIN_BYTES) -> None:
         self.app = app
         self.limit = limit
+        self.drain_bytes = drain_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        expects_continue = False
+        declared: int | None = None
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.limit:
-                    await self._reject(scope, receive, send)
-                    return
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expects_continue = True
+        if declared is not None:
+            if declared <= self.limit:
                 await self.app(scope, receive, send)
                 return
+            drained = not expects_continue and declared <= self.limit + self.drain_bytes
+            if drained:
+                await self._drain(receive, 0)
+            await self._reject(scope, receive, send, keep_alive=drained)
+            return
         if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
@@ -50,11 +67,13 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = bool(message.get("more_body", False))
             if size > self.limit:
-                await self._reject(scope, receive, send)
+                drained = not more or await self._drain(receive, size - self.limit)
+                await self._reject(scope, receive, send, keep_alive=drained)
                 return
             chunks.append(chunk)
-            if not message.get("more_body", False):
+            if not more:
                 break
         body = b"".join(chunks)
         replayed = False
@@ -68,8 +87,27 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, "too_large", f"the body exceeds the {self.limit}-byte limit", "body")
+    async def _drain(self, receive: Receive, already: int) -> bool:
+        """Read and drop the rest of the body; False when it runs past the drain allowance."""
+        dropped = already
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+            if dropped > self.drain_bytes:
+                return False
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, keep_alive: bool) -> None:
+        response = error_response(
+            413,
+            "too_large",
+            f"the body exceeds the {self.limit}-byte limit",
+            "body",
+            None if keep_alive else {"Connection": "close"},
+        )
         await response(scope, receive, send)
 
 
@@ -91,7 +129,7 @@ def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await site.start()
+        await site.start()  # nothing to do when `mec serve` started it before listening
         try:
             yield
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +23,22 @@ def default_key(data_dir: Path, operator_keys: list[str]) -> str | None:
         return str(json.loads(path.read_text())["operator"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def site_url(site_file: Path) -> str | None:
+    """The URL a running `mec serve` wrote in its data dir, if that process is still alive."""
+    try:
+        data = json.loads(site_file.read_text())
+        url, pid = str(data["url"]), int(data["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by someone else
+    return url
 
 
 def _print_turn(body: dict[str, Any], out: TextIO) -> None:

@@ -6,17 +6,19 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 
-import uvicorn
 from pydantic import ValidationError
 
 from api.app import create_app
-from api.site import Site
+from api.server import build_server
+from api.site import KEYS_FILE, Site, SiteStartError
 from config.settings import Settings, load_settings
 
 log = logging.getLogger("mec")
@@ -32,11 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="YAML settings file (env MEC_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--allow-degraded",
+        action="store_const",
+        const=True,
+        help="serve even when a service has no ready instance (env MEC_ALLOW_DEGRADED)",
+    )
     chat = sub.add_parser("chat", help="talk to a running site's operator agent")
     chat.add_argument(
         "message", nargs="*", help="one message to send; without it, read lines from the terminal"
     )
-    chat.add_argument("--url", help="the site's URL (default http://MEC_HOST:MEC_PORT)")
+    chat.add_argument("--url", help="the site's URL (default: the one `mec serve` wrote in the data dir)")
     chat.add_argument("--key", help="API key (default: MEC_OPERATOR_KEYS, else the site's generated key)")
     chat.add_argument("--config", type=Path, help="YAML settings file (env MEC_CONFIG)")
     images = sub.add_parser(
@@ -47,55 +55,105 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(settings: Settings, log_level: str) -> None:
-    site = Site.build(settings)
-    app = create_app(settings, site)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level if log_level == "debug" else "warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+SITE_FILE = "site.json"
+"""Written to the data dir by a serving site (its URL and pid); `mec chat` finds the site by it."""
+
+
+def _write_site_file(data_dir: Path, url: str, site_id: str) -> Path:
+    path = data_dir / SITE_FILE
+    path.write_text(json.dumps({"url": url, "pid": os.getpid(), "site_id": site_id}))
+    return path
+
+
+def _remove_site_file(path: Path) -> None:
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+async def _serve(settings: Settings, log_level: str) -> int:
+    # SIGINT/SIGTERM while the services start: stop them and exit (uvicorn handles the signals
+    # itself once it serves).
     loop = asyncio.get_running_loop()
+    starting = asyncio.current_task()
+    assert starting is not None
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, starting.cancel)
+    site = Site.build(settings)
+    try:
+        await site.start()
+    except SiteStartError as exc:
+        print(f"mec serve: site {settings.site_id} cannot start: {exc}", file=sys.stderr, flush=True)
+        if not settings.allow_degraded:
+            print("(fix the cause, or pass --allow-degraded to serve without it)", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        await site.stop()
+        return 130
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    app = create_app(settings, site)
+    server = build_server(app, settings, log_level)
     task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn exposes only a flag)
-        await asyncio.sleep(0.02)
-    if server.started:
+    site_file: Path | None = None
+    try:
+        while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn exposes only a flag)
+            await asyncio.sleep(0.02)
+        if not server.started:
+            with contextlib.suppress(SystemExit):
+                await task
+            print(f"mec serve: could not listen on {settings.host}:{settings.port}", file=sys.stderr)
+            return 1
         # Everything imported and built so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise pause the loop for 40-70 ms.
         gc.collect()
         gc.freeze()
         port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"http://{settings.host}:{port}"
         if site.generated_keys:
             print(f"client key:   {site.generated_keys['client']}", flush=True)
             print(f"operator key: {site.generated_keys['operator']}", flush=True)
-            print(f"(keys also written to {settings.data_dir / 'api-keys.json'})", flush=True)
-        print(f"ready on http://{settings.host}:{port}", flush=True)
-    await task
+            print(f"(keys kept in {settings.data_dir / KEYS_FILE}, mode 0600)", flush=True)
+        site_file = _write_site_file(settings.data_dir, url, settings.site_id)
+        missing = site.unready_services()
+        if missing:
+            reasons = "; ".join(f"{name}: {site.start_errors.get(name, 'no ready instance')}" for name in missing)
+            print(f"degraded: {reasons}", flush=True)
+            print(f"degraded on {url}", flush=True)
+        else:
+            print(f"ready on {url}", flush=True)
+        await task
+        return 0
+    finally:
+        if site_file is not None:
+            _remove_site_file(site_file)
+        await site.stop()
 
 
-def _run_event_loop(main: Coroutine[None, None, None]) -> None:
+def _run_event_loop(main: Coroutine[None, None, int]) -> int:
     """Run on uvloop when it is installed (uvicorn[standard] brings it), else on asyncio."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from api.chat_client import default_key, run_chat
+    from api.chat_client import default_key, run_chat, site_url
 
     settings = load_settings(args.config)
-    url = args.url or f"http://{settings.host}:{settings.port}"
+    url = args.url or site_url(settings.data_dir / SITE_FILE)
+    if url is None:
+        print(
+            f"mec chat: no running site found in {settings.data_dir} (no {SITE_FILE} written by "
+            "`mec serve`); pass --url http://HOST:PORT",
+            file=sys.stderr,
+        )
+        return 2
     key = args.key or default_key(settings.data_dir, settings.operator_keys)
     if key is None:
         print("mec chat: no API key: pass --key or set MEC_OPERATOR_KEYS", file=sys.stderr)
@@ -118,13 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "serve":
         try:
-            settings = load_settings(args.config, host=args.host, port=args.port)
+            settings = load_settings(
+                args.config, host=args.host, port=args.port, allow_degraded=args.allow_degraded
+            )
         except (ValidationError, ValueError) as exc:
             print(f"mec: invalid settings: {exc}", file=sys.stderr)
             return 2
-        with contextlib.suppress(KeyboardInterrupt):
-            _run_event_loop(_serve(settings, args.log_level))
-        return 0
+        try:
+            return _run_event_loop(_serve(settings, args.log_level))
+        except KeyboardInterrupt:
+            return 130
     if args.command == "chat":
         return _chat(args)
     if args.command == "images":

@@ -7,14 +7,15 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
-from agent.models.build import build_chat_model
 from strands.types.tools import AgentTool
 
 from agent.chat import ChatConfig, ChatService
 from agent.dispatch import Dispatcher
+from agent.models.build import build_chat_model
 from agent.view import ServiceView, View
 from api.auth import KeyRing, generate_key
 from config.settings import Settings
@@ -67,14 +68,48 @@ def build_runtime(settings: Settings, gpu_available: bool) -> Runtime:
     )
 
 
+KEYS_FILE = "api-keys.json"
+"""Where a site that was given no keys keeps the ones it generated, in its data dir (mode 0600)."""
+
+
+class SiteStartError(Exception):
+    """The site cannot start serving as configured; the message says which part failed and why."""
+
+
+def _write_private(path: Path, data: dict[str, str]) -> None:
+    """Write JSON readable by the owner only, whatever mode the file had before."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)
+        json.dump(data, out)
+
+
+def _stored_keys(path: Path) -> dict[str, str] | None:
+    """The keys an earlier start generated in this data dir, if the file holds a valid pair."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    pair = {scope: data.get(scope) for scope in ("client", "operator")}
+    if not all(isinstance(key, str) and len(key) >= 16 for key in pair.values()):
+        return None
+    return {scope: str(key) for scope, key in pair.items()}
+
+
 def _keys(settings: Settings) -> tuple[KeyRing, dict[str, str]]:
-    """The key ring; when no key is configured, one client and one operator key are generated."""
-    generated: dict[str, str] = {}
+    """The key ring. With no key configured, the site uses one client and one operator key of its
+    own: generated once per data dir, kept in `api-keys.json` (0600) and reused on later starts."""
     client_keys, operator_keys = list(settings.client_keys), list(settings.operator_keys)
-    if not client_keys and not operator_keys:
+    if client_keys or operator_keys:
+        return KeyRing.build(client_keys, operator_keys), {}
+    path = settings.data_dir / KEYS_FILE
+    generated = _stored_keys(path)
+    if generated is None:
         generated = {"client": generate_key("mec_client"), "operator": generate_key("mec_operator")}
-        client_keys, operator_keys = [generated["client"]], [generated["operator"]]
-    return KeyRing.build(client_keys, operator_keys), generated
+    _write_private(path, generated)  # also tightens the mode of a file someone loosened
+    return KeyRing.build([generated["client"]], [generated["operator"]]), generated
 
 
 @dataclass
@@ -94,6 +129,8 @@ class Site:
     tools: list[AgentTool] = field(init=False)
     chat: ChatService = field(init=False)
     start_errors: dict[str, str] = field(default_factory=dict)
+    started: bool = False
+    stopped: bool = False
 
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(
@@ -115,6 +152,9 @@ class Site:
                 window_messages=settings.chat_window_messages,
                 mutations_per_minute=settings.chat_mutations_per_minute,
                 turn_timeout_s=settings.model_timeout_s * 4,
+                turns_per_minute=settings.chat_turns_per_minute,
+                burst=settings.chat_burst,
+                max_concurrent_turns=settings.chat_max_concurrent_turns,
             ),
             self.tools,
             lambda: build_chat_model(settings, services, self.overloaded),
@@ -127,12 +167,23 @@ class Site:
         return host is not None and host.cpu_percent >= self.settings.overload_cpu_pct
 
     @classmethod
-    def build(cls, settings: Settings) -> Site:
+    def build(cls, settings: Settings, runtime: Runtime | None = None) -> Site:
+        """Wire a site from its settings; `runtime` replaces the configured one (tests, embedding)."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         keys, generated = _keys(settings)
         gpu = GpuProbe()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        runtime = build_runtime(settings, gpu.available)
-        redis = RedisCache(settings.redis_url, settings.redis_timeout_s) if settings.redis_url else None
+        runtime = runtime or build_runtime(settings, gpu.available)
+        redis = (
+            RedisCache(
+                settings.redis_url,
+                settings.redis_timeout_s,
+                key_prefix=f"mec:{settings.site_id}",  # sites sharing one Redis never share keys
+                retries=settings.redis_retries,
+                health_check_s=settings.redis_health_check_s,
+            )
+            if settings.redis_url
+            else None
+        )
         cache = CacheManager(
             MemoryCache(settings.cache_max_entries),
             redis,
@@ -160,6 +211,7 @@ class Site:
                 default_budget_ms=svc.default_budget_ms,
                 affinity_key=svc.affinity_key,
                 client_kinds=frozenset(svc.client_kinds),
+                max_cache_ttl_s=svc.max_cache_ttl_s,
             )
             for name, svc in settings.services.items()
         }
@@ -189,9 +241,21 @@ class Site:
         )
 
     async def start(self) -> None:
-        """Connect the cache, start every service's replicas, start sampling. Failures are reported, not fatal."""
-        if self.generated_keys:
-            self._write_generated_keys()
+        """Connect the cache and the runtime, start every service's replicas, start sampling.
+
+        Raises `SiteStartError` when the runtime cannot be reached, or when a service that should
+        run has no ready instance (unless `allow_degraded`, which starts anyway and reports it).
+        A dead Redis is never fatal: the site serves from memory and reconnects by itself.
+        """
+        if self.started:
+            return
+        if self.stopped:
+            raise SiteStartError("this site was stopped; build a new one")
+        try:
+            await self.runtime.open()
+        except RuntimeError_ as exc:
+            await self.stop()
+            raise SiteStartError(f"runtime {self.runtime.name!r} is not usable: {exc}") from exc
         await self.cache.open()
         results = await asyncio.gather(
             *(self.runtime.scale(name, svc.replicas) for name, svc in self.settings.services.items()),
@@ -203,15 +267,32 @@ class Site:
                     raise result
                 self.start_errors[name] = str(result)
                 log.error("service %s did not start: %s", name, result)
+        missing = self.unready_services()
+        if missing and not self.settings.allow_degraded:
+            await self.stop()
+            raise SiteStartError(
+                "; ".join(
+                    f"service {name} has no ready instance: {self.start_errors.get(name, 'no instance started')}"
+                    for name in missing
+                )
+            )
         await self.sampler.start()
+        self.started = True
 
-    def _write_generated_keys(self) -> None:
-        path = self.settings.data_dir / "api-keys.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(self.generated_keys, out)
+    def unready_services(self) -> list[str]:
+        """Services configured with replicas that have no ready instance now."""
+        return [
+            name
+            for name, svc in self.settings.services.items()
+            if svc.replicas > 0 and not self.runtime.ready_instances(name)
+        ]
 
     async def stop(self) -> None:
+        """Stop sampling, the instances, the HTTP pool and the cache. Safe to call more than once,
+        and after a start that failed half way."""
+        if self.stopped:
+            return
+        self.stopped, self.started = True, False
         await self.sampler.stop()
         try:
             await self.runtime.close()
@@ -219,16 +300,22 @@ class Site:
             await self.client.aclose()
             await self.cache.close()
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether the site can serve, and why: per-service instances and the cache backend."""
+    def readiness(self, detail: bool = False) -> tuple[bool, dict[str, Any]]:
+        """Whether the site can serve, and why: per-service instances and the cache backend.
+
+        Without `detail` (what anyone may read) it says only ready/degraded/not ready per part;
+        `detail` (operators) adds start errors and the cache's last error. Both go to the log too.
+        """
         checks: dict[str, Any] = {}
         serving = False
+        degraded = False
         for name in self.services:
             ready = len(self.runtime.ready_instances(name))
             total = len(self.runtime.instances(name))
             serving = serving or ready > 0
-            entry: dict[str, Any] = {"ready": ready, "instances": total}
-            if name in self.start_errors:
+            entry: dict[str, Any] = {"status": "ok" if ready else "not_ready", "ready": ready, "instances": total}
+            degraded = degraded or ready == 0
+            if detail and name in self.start_errors:
                 entry["error"] = self.start_errors[name]
             checks[f"service:{name}"] = entry
         cache = self.cache.stats()
@@ -237,19 +324,14 @@ class Site:
         elif cache["redis_up"]:
             checks["cache"] = {"backend": "redis", "status": "ok"}
         else:
-            checks["cache"] = {
-                "backend": "redis",
-                "status": "degraded",
-                "detail": f"redis unreachable ({cache['last_error']}); serving from the in-process cache",
-            }
-        degraded = any(
-            isinstance(c, dict) and (c.get("status") == "degraded" or c.get("ready") == 0)
-            for c in checks.values()
-        )
+            degraded = True
+            checks["cache"] = {"backend": "redis", "status": "degraded"}
+            if detail:
+                checks["cache"]["detail"] = (
+                    f"redis unreachable ({cache['last_error']}); serving from the in-process cache"
+                )
         status = "ready" if serving and not degraded else ("degraded" if serving else "not_ready")
-        return serving, {
-            "status": status,
-            "site": self.settings.site_id,
-            "runtime": self.runtime.name,
-            "checks": checks,
-        }
+        body: dict[str, Any] = {"status": status, "site": self.settings.site_id, "checks": checks}
+        if detail:
+            body["runtime"] = self.runtime.name
+        return serving, body

@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 ClientKind = Literal["mobile", "iot", "gaming"]
+CLIENT_KINDS: tuple[ClientKind, ...] = ("mobile", "iot", "gaming")
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -32,13 +33,16 @@ class ServiceSettings(BaseModel):
     description: str = ""
     module: str = Field(description="Python module of the workload, run as `python -m MODULE`.")
     image: str = Field(description="Container image for the docker runtime.")
-    client_kinds: list[ClientKind] = Field(default_factory=lambda: ["mobile", "iot", "gaming"])
+    client_kinds: list[ClientKind] = Field(default_factory=lambda: list(CLIENT_KINDS))
     gpu: bool = False
     replicas: int = Field(default=1, ge=0, le=64)
     max_replicas: int = Field(default=8, ge=1, le=64)
     default_budget_ms: int = Field(default=200, ge=1, le=60_000)
     cacheable: bool = False
     cache_ttl_s: float = Field(default=60.0, gt=0)
+    max_cache_ttl_s: float = Field(
+        default=3600.0, gt=0, le=604_800, description="Longest `cache_ttl_s` a client may ask for."
+    )
     affinity_key: str | None = Field(
         default=None, description="Payload field whose value pins a request to one instance."
     )
@@ -46,6 +50,13 @@ class ServiceSettings(BaseModel):
     cpus: float = Field(default=1.0, gt=0)
     start_timeout_s: float = Field(default=30.0, gt=0)
     example_payload: dict[str, Any] = Field(default_factory=dict)
+
+
+    @model_validator(mode="after")
+    def _ttl_within_max(self) -> ServiceSettings:
+        if self.cache_ttl_s > self.max_cache_ttl_s:
+            raise ValueError(f"cache_ttl_s ({self.cache_ttl_s}) exceeds max_cache_ttl_s ({self.max_cache_ttl_s})")
+        return self
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +118,25 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     docker_url: str | None = Field(default=None, description="Docker engine URL; default from DOCKER_HOST.")
 
+    allow_degraded: bool = Field(
+        default=False, description="Start even when a service has no ready instance (and say so)."
+    )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_connections: int = Field(
+        default=2048,
+        ge=8,
+        description="Client connections the API holds open at most; at the limit the least recently "
+        "active idle one is closed to admit a new one.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest a client may take to send a request's headers."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest a client may take to send a request's body."
+    )
+    keepalive_timeout_s: float = Field(
+        default=5.0, gt=0, description="An idle keep-alive connection is closed after this long."
+    )
     sample_interval_s: float = Field(default=0.5, gt=0)
     instance_stats_interval_s: float = Field(default=2.0, gt=0)
     gpu_busy_pct: float = Field(default=85.0, ge=0, le=100, description="GPU busy above this utilisation.")
@@ -123,6 +152,18 @@ class Settings(BaseSettings):
     )
     redis_timeout_s: float = Field(default=0.25, gt=0)
     redis_retry_s: float = Field(default=1.0, gt=0)
+    redis_retries: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="Retries of one Redis command on a connection error or timeout (after reconnecting), "
+        "all within redis_timeout_s.",
+    )
+    redis_health_check_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A pooled Redis connection idle this long is PINGed before use; 0: never.",
+    )
 
     model: Literal["rules", "openai-compatible", "bedrock"] = Field(
         default="rules", description="The operator agent's model: embedded rules, a local server, or Bedrock."
@@ -146,7 +187,14 @@ class Settings(BaseSettings):
     chat_session_ttl_s: float = Field(default=1800.0, gt=0)
     chat_window_messages: int = Field(default=20, ge=2, description="Messages an agent keeps in context.")
     chat_max_message_chars: int = Field(default=4000, ge=1)
-    chat_mutations_per_minute: int = Field(default=10, ge=1, description="Mutating tool calls per session.")
+    chat_mutations_per_minute: int = Field(default=10, ge=1, description="Changing tool calls per API key.")
+    chat_turns_per_minute: float = Field(
+        default=60.0, gt=0, description="Chat turns (and allow_llm requests) per API key, sustained."
+    )
+    chat_burst: int = Field(default=10, ge=1, description="Chat turns a key may send at once above that rate.")
+    chat_max_concurrent_turns: int = Field(
+        default=4, ge=1, description="Chat turns the site runs at once; more get 503 with Retry-After."
+    )
     llm_budget_ms: int = Field(
         default=20_000, ge=100, le=120_000, description="Budget of requests sent to the LLM."
     )

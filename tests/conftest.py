@@ -139,7 +139,7 @@ class SiteProcess:
         self.url = ""
         self.output: list[str] = []
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 60.0, ready_prefix: str = "ready on ") -> None:
         log = (self.data_dir / "site.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve", "--port", "0", *self.args],
@@ -155,8 +155,8 @@ class SiteProcess:
             if not line:
                 break
             self.output.append(line.rstrip())
-            if line.startswith("ready on "):
-                self.url = line.split("ready on ", 1)[1].strip()
+            if line.startswith(ready_prefix):
+                self.url = line.split(ready_prefix, 1)[1].strip()
                 return
         self.stop()
         raise RuntimeError(f"site did not start: {self.output}\n{(self.data_dir / 'site.log').read_text()}")

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from api.auth import require
+from api.auth import authenticate, require
 from api.schemas import ERROR_RESPONSES
 from monitoring import prometheus
 
@@ -21,15 +21,21 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: instances up; cache backend state")
 async def readyz(request: Request) -> JSONResponse:
-    """200 while at least one service has a ready instance (status `ready` or `degraded`), else 503."""
-    serving, body = request.app.state.site.readiness()
+    """200 while at least one service has a ready instance (status `ready` or `degraded`), else 503.
+
+    Anyone may ask; the answer names each service and the cache with its state only. With an
+    operator key it also carries the reasons (start errors, the cache's last error).
+    """
+    principal = authenticate(request)
+    detail = principal is not None and principal.may("site.health_detail")
+    serving, body = request.app.state.site.readiness(detail=detail)
     return JSONResponse(body, status_code=200 if serving else 503)
 
 
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
-    dependencies=[Depends(require("operator"))],
+    dependencies=[Depends(require("metrics.read"))],
     responses=ERROR_RESPONSES,
     summary="Prometheus text exposition",
 )
@@ -48,7 +54,7 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 @router.get(
     "/v1/metrics/snapshot",
-    dependencies=[Depends(require("operator"))],
+    dependencies=[Depends(require("metrics.read"))],
     responses=ERROR_RESPONSES,
     summary="The latest metrics snapshot: host, GPUs, instances, request rates, cache",
 )
@@ -58,5 +64,9 @@ async def snapshot(request: Request) -> dict[str, Any]:
         "site": site.settings.site_id,
         **site.monitor.snapshot.to_dict(),
         "cache": site.cache.stats(),
-        "runtime": {"name": site.runtime.name, "instances": [i.to_dict() for i in site.runtime.instances()]},
+        "runtime": {
+            "name": site.runtime.name,
+            "instances": [i.to_dict() for i in site.runtime.instances()],
+            "start_errors": site.start_errors,
+        },
     }
