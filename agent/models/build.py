@@ -31,7 +31,7 @@ import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import boto3
 from botocore.config import Config as BotocoreConfig
@@ -43,6 +43,9 @@ from strands.types.streaming import StreamEvent
 from strands.types.tools import ToolSpec
 
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from strands.models.openai import OpenAIModel
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +149,7 @@ def plain_text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @functools.cache
-def _openai_compatible_class() -> type[Model]:
+def _openai_compatible_class() -> type[OpenAIModel]:
     """`OpenAIModel` with `plain_text_messages` applied to every request (imports `openai` lazily)."""
     from strands.models.openai import OpenAIModel
 
@@ -183,7 +186,7 @@ class UnavailableModel(Model):
     def _error(self) -> ModelUnavailableError:
         return ModelUnavailableError(f"model {self.kind!r} is not available: {self.reason}")
 
-    async def stream(  # type: ignore[override]
+    async def stream(
         self,
         messages: Messages,
         tool_specs: list[ToolSpec] | None = None,
@@ -365,7 +368,7 @@ class FallbackModel(Model):
             return
         raise _chain_failure(failures, attempts)
 
-    async def stream(  # type: ignore[override]
+    async def stream(
         self,
         messages: Messages,
         tool_specs: list[ToolSpec] | None = None,

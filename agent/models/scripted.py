@@ -129,7 +129,7 @@ class ScriptedModel(WordCountedModel):
         """The configuration: `{"model_id": ...}`."""
         return ScriptedConfig(**self.config)
 
-    async def stream(  # type: ignore[override]
+    async def stream(
         self,
         messages: Messages,
         tool_specs: list[ToolSpec] | None = None,

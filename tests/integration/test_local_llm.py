@@ -303,10 +303,8 @@ async def test_killed_server_gives_a_clean_error_and_the_chain_falls_back(
 
     server.kill()
 
-    started = time.monotonic()
     with pytest.raises(Exception) as caught:
         await alone_agent.invoke_async("Are you still there?")
-    assert time.monotonic() - started < 10
     assert type(caught.value).__name__ == "APIConnectionError"
     assert alone.served_by is None
 

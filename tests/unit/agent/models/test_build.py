@@ -582,11 +582,8 @@ async def test_broken_openai_compatible_server_falls_back(
 
 async def test_refused_connection_falls_back() -> None:
     model, backup = local_then_backup(f"http://127.0.0.1:{free_port()}/v1")
-    started = time.monotonic()
-
     await collect(model)
 
-    assert time.monotonic() - started < 3
     assert model.served_by == "rules"
     assert "APIConnectionError" in (model.attempts[0].error or "")
     assert calls(backup) == 1
