@@ -84,7 +84,11 @@ def require(action: str) -> Callable[[Request], Awaitable[Principal]]:
         principal = authenticate(request)
         if principal is None:
             raise ApiError(
-                401, "missing_key", "send an API key as 'Authorization: Bearer <key>'", "authorization", _BEARER
+                401,
+                "missing_key",
+                "send an API key as 'Authorization: Bearer <key>'",
+                "authorization",
+                _BEARER,
             )
         if scope not in principal.scopes:
             raise ApiError(403, "forbidden", f"this key lacks the {scope!r} scope", "authorization")

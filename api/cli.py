@@ -120,7 +120,9 @@ async def _serve(settings: Settings, log_level: str) -> int:
         site_file = _write_site_file(settings.data_dir, url, settings.site_id)
         missing = site.unready_services()
         if missing:
-            reasons = "; ".join(f"{name}: {site.start_errors.get(name, 'no ready instance')}" for name in missing)
+            reasons = "; ".join(
+                f"{name}: {site.start_errors.get(name, 'no ready instance')}" for name in missing
+            )
             print(f"degraded: {reasons}", flush=True)
             print(f"degraded on {url}", flush=True)
         else:

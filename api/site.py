@@ -313,7 +313,11 @@ class Site:
             ready = len(self.runtime.ready_instances(name))
             total = len(self.runtime.instances(name))
             serving = serving or ready > 0
-            entry: dict[str, Any] = {"status": "ok" if ready else "not_ready", "ready": ready, "instances": total}
+            entry: dict[str, Any] = {
+                "status": "ok" if ready else "not_ready",
+                "ready": ready,
+                "instances": total,
+            }
             degraded = degraded or ready == 0
             if detail and name in self.start_errors:
                 entry["error"] = self.start_errors[name]

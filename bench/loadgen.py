@@ -18,7 +18,8 @@ Two modes, each printing one JSON object on stdout:
 Kinds of request (`--kind`): `hit` (one fixed inference payload with a one-hour
 `cache_ttl_s`: a cache hit after the first),
 `echo` (the same body, for the echo baseline), `inference-miss` (a unique text each time) and
-`sensor` (never cached; 16 sensor ids in turn). `--expect-tier` makes an answer without
+`sensor` (never cached; 16 sensor ids in turn) and `chat` (operator questions for `--path
+/v1/chat`). `--expect-tier` makes an answer without
 `"tier":"<tier>"` count as `wrong_tier`.
 """
 
@@ -36,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 HIT_PAYLOAD = {"text": "navigate to the nearest gas station"}
 HIT_TTL_S = 3600
 """The hit payload is cached for an hour, so that it cannot expire (default 60 s) mid-bench."""
+CHAT_MESSAGES = ("what is the cpu load?", "status", "why is sensor slow?", "cache stats")
+"""What the `chat` kind sends to `/v1/chat`, in turn."""
 REQUEST_TIMEOUT_S = 5.0
 DRAIN_TIMEOUT_S = 6.0
 _TOTAL_MS = re.compile(rb'"total":([0-9.]+)')
@@ -60,6 +63,8 @@ def request_body(kind: str, index: int, nonce: str) -> bytes:
     elif kind == "sensor":
         payload = {"sensor_id": f"s{index % 16}", "value": round((index % 100) * 0.5, 1)}
         body = {"service": "sensor", "payload": payload, "client": {"kind": "iot", "id": "bench"}}
+    elif kind == "chat":
+        body = {"message": CHAT_MESSAGES[index % len(CHAT_MESSAGES)]}
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return json.dumps(body, separators=(",", ":")).encode()
@@ -293,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default="/v1/requests")
     parser.add_argument("--key", default="")
-    parser.add_argument("--kind", choices=["hit", "echo", "inference-miss", "sensor"], required=True)
+    parser.add_argument("--kind", choices=["hit", "echo", "inference-miss", "sensor", "chat"], required=True)
     parser.add_argument("--expect-tier", choices=["cache", "local"])
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0)

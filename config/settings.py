@@ -51,11 +51,12 @@ class ServiceSettings(BaseModel):
     start_timeout_s: float = Field(default=30.0, gt=0)
     example_payload: dict[str, Any] = Field(default_factory=dict)
 
-
     @model_validator(mode="after")
     def _ttl_within_max(self) -> ServiceSettings:
         if self.cache_ttl_s > self.max_cache_ttl_s:
-            raise ValueError(f"cache_ttl_s ({self.cache_ttl_s}) exceeds max_cache_ttl_s ({self.max_cache_ttl_s})")
+            raise ValueError(
+                f"cache_ttl_s ({self.cache_ttl_s}) exceeds max_cache_ttl_s ({self.max_cache_ttl_s})"
+            )
         return self
 
 
@@ -191,7 +192,9 @@ class Settings(BaseSettings):
     chat_turns_per_minute: float = Field(
         default=60.0, gt=0, description="Chat turns (and allow_llm requests) per API key, sustained."
     )
-    chat_burst: int = Field(default=10, ge=1, description="Chat turns a key may send at once above that rate.")
+    chat_burst: int = Field(
+        default=10, ge=1, description="Chat turns a key may send at once above that rate."
+    )
     chat_max_concurrent_turns: int = Field(
         default=4, ge=1, description="Chat turns the site runs at once; more get 503 with Retry-After."
     )

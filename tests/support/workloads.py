@@ -71,7 +71,9 @@ class ScriptedWorkload:
         elif mode == "fail":
             return 500, {"error": {"code": "internal_error", "message": "boom", "field": None}}
         elif mode == "reject":
-            return 422, {"error": {"code": "invalid_payload", "message": "must be a number", "field": "value"}}
+            return 422, {
+                "error": {"code": "invalid_payload", "message": "must be a number", "field": "value"}
+            }
         return 200, {"echo": payload, "served_by": self.name, "call": self.calls}
 
 

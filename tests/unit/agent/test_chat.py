@@ -158,7 +158,11 @@ async def test_another_keys_session_is_404_like_an_unknown_one() -> None:
     with pytest.raises(ChatError) as unknown:
         await restarted.chat("let me in", OTHER_OPERATOR, session_id="no-such-session")
     for caught in (live, restored, unknown):
-        assert (caught.value.status, caught.value.code, caught.value.field) == (404, "unknown_session", "session_id")
+        assert (caught.value.status, caught.value.code, caught.value.field) == (
+            404,
+            "unknown_session",
+            "session_id",
+        )
     assert live.value.message.replace(reply.session_id, "ID") == unknown.value.message.replace(
         "no-such-session", "ID"
     )

@@ -66,7 +66,13 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
 
         def view_for(name: str) -> View:
             return View(
-                "site-t", SERVICES, {name: runtime.ready_instances(name)}, dispatcher.outstanding, 32, False, 1
+                "site-t",
+                SERVICES,
+                {name: runtime.ready_instances(name)},
+                dispatcher.outstanding,
+                32,
+                False,
+                1,
             )
 
         dispatcher = Dispatcher(view_for, cache, runtime, RequestLog(), client)
@@ -126,7 +132,9 @@ async def test_concurrent_misses_of_one_payload_share_one_upstream_call(make_rig
     assert rig.workloads[0].calls == 1
 
 
-async def test_concurrent_misses_under_one_client_key_with_different_payloads_are_not_joined(make_rig) -> None:
+async def test_concurrent_misses_under_one_client_key_with_different_payloads_are_not_joined(
+    make_rig,
+) -> None:
     rig = await make_rig()
     first = asyncio.create_task(rig.serve({"mode": "hold", "q": "one"}, cache_key="k"))
     await _until(lambda: rig.workloads[0].calls == 1)

@@ -75,7 +75,9 @@ def test_mutation_rate_is_per_key_across_sessions() -> None:
     assert first.refusal(Caller("s1", OPERATOR, key_id="k"), "container_ops", restart) is None
     assert first.refusal(Caller("s1", OPERATOR, key_id="k"), "container_ops", restart) is None
     # A new session of the same key does not get a fresh allowance; another key does.
-    assert "rate limit" in (second.refusal(Caller("s2", OPERATOR, key_id="k"), "container_ops", restart) or "")
+    assert "rate limit" in (
+        second.refusal(Caller("s2", OPERATOR, key_id="k"), "container_ops", restart) or ""
+    )
     assert second.refusal(Caller("s3", OPERATOR, key_id="other"), "container_ops", restart) is None
 
 

@@ -47,14 +47,18 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         chat_burst=2,
     )
     settings.services = {
-        "svc": ServiceSettings(module="x", image="img", client_kinds=["mobile"], cacheable=True, max_cache_ttl_s=60)
+        "svc": ServiceSettings(
+            module="x", image="img", client_kinds=["mobile"], cacheable=True, max_cache_ttl_s=60
+        )
     }
     async with ScriptedWorkload("svc-1") as workload:
         site = Site.build(settings, runtime=StaticRuntime([instance_for(workload, "svc", "svc-1")]))
         app = create_app(settings, site)
         await site.start()
         try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://site") as http:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://site"
+            ) as http:
                 yield Api(http, site, workload)
         finally:
             await site.stop()
