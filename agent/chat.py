@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -246,8 +247,8 @@ class ChatService:
         """Hold one of the site's turn slots for a turn of `caller`, or refuse it.
 
         * Over the key's rate: 429 `rate_limited` with `Retry-After`. The refusal is held back
-          for up to `refusal_hold_s` (at most `max_held_refusals` per key at a time; beyond that
-          it is sent at once): a client that ignores `Retry-After` and floods the site then costs
+          about as long as `Retry-After` (at most `refusal_hold_s`, jittered; at most
+          `max_held_refusals` per key at a time, beyond that it is sent at once): a client that ignores `Retry-After` and floods the site then costs
           a sleeping task per request, not a busy loop of rejections that starves the fast path
           (nginx's `limit_req` delays excess requests for the same reason).
         * All `max_concurrent_turns` slots busy: wait for one up to `turn_queue_s` (at most
@@ -257,11 +258,15 @@ class ChatService:
         wait_s = self.turn_rate.take(key)
         if wait_s > 0:
             self.refused["rate_limited"] += 1
+            retry_after_s = TokenBucket.retry_after_s(wait_s)
             held = self._held.get(key, 0)
             if held < self.config.max_held_refusals:
                 self._held[key] = held + 1
                 try:
-                    await asyncio.sleep(min(wait_s, self.config.refusal_hold_s))
+                    # About as long as Retry-After asks anyway, jittered so that a flood's
+                    # connections do not all come back at once.
+                    hold_s = min(retry_after_s, self.config.refusal_hold_s) * random.uniform(0.5, 1.0)
+                    await asyncio.sleep(hold_s)
                 finally:
                     self._held[key] -= 1
             raise ChatError(
@@ -269,7 +274,7 @@ class ChatService:
                 "rate_limited",
                 f"this key may start {self.config.turns_per_minute:g} chat turns a minute "
                 f"(bursts of {self.config.burst}); retry later",
-                retry_after_s=TokenBucket.retry_after_s(wait_s),
+                retry_after_s=retry_after_s,
             )
         busy = ChatError(
             503,

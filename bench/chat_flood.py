@@ -96,13 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--chat-key", choices=["client", "operator"], default="client")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="MEC_NAME=VALUE", help="a setting for the site"
+    )
     args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.set)
     children = Children()
     rows: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="mec-chat-flood-") as tmp:
             workdir = Path(tmp)
-            site, lines = spawn_site(children, workdir)
+            site, lines = spawn_site(children, workdir, extra_env)
             wait_site(site, lines, workdir)
             flood_key = site.key if args.chat_key == "client" else site.operator_key
             for round_ in range(args.rounds):

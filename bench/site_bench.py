@@ -346,7 +346,9 @@ def _pump_lines(stream: Any, lines: queue.Queue[str]) -> None:
         lines.put(raw.decode(errors="replace").rstrip())
 
 
-def spawn_site(children: Children, workdir: Path) -> tuple[Server, queue.Queue[str]]:
+def spawn_site(
+    children: Children, workdir: Path, extra_env: dict[str, str] | None = None
+) -> tuple[Server, queue.Queue[str]]:
     client_key = f"bench_client_{secrets.token_urlsafe(18)}"
     operator_key = f"bench_operator_{secrets.token_urlsafe(18)}"
     with (workdir / "site.stderr").open("wb") as stderr:
@@ -354,7 +356,7 @@ def spawn_site(children: Children, workdir: Path) -> tuple[Server, queue.Queue[s
             "site",
             _site_command(),
             cwd=REPO_DIR,
-            env=_site_env(workdir / "data", client_key, operator_key),
+            env=_site_env(workdir / "data", client_key, operator_key) | (extra_env or {}),
             stdout=subprocess.PIPE,
             stderr=stderr,
             start_new_session=True,
