@@ -248,9 +248,10 @@ class ChatService:
 
         * Over the key's rate: 429 `rate_limited` with `Retry-After`. The refusal is held back
           about as long as `Retry-After` (at most `refusal_hold_s`, jittered; at most
-          `max_held_refusals` per key at a time, beyond that it is sent at once): a client that ignores `Retry-After` and floods the site then costs
-          a sleeping task per request, not a busy loop of rejections that starves the fast path
-          (nginx's `limit_req` delays excess requests for the same reason).
+          `max_held_refusals` per key at a time, beyond that it is sent at once): a client that
+          ignores `Retry-After` and floods the site then costs a sleeping task per request, not a
+          busy loop of rejections that starves the fast path (nginx's `limit_req` delays excess
+          requests for the same reason).
         * All `max_concurrent_turns` slots busy: wait for one up to `turn_queue_s` (at most
           `max_concurrent_turns` waiters), else 503 `chat_busy` with `Retry-After`.
         """
@@ -338,40 +339,26 @@ class ChatService:
         """
         started = time.perf_counter()
         async with self.admitted(caller):
-            async for item in self._turn(
-                message, caller, session_id, confirm, timeout_s, persist, read_only, started
+            session = await self._session(session_id, caller.key_id)
+            if session.lock.locked():
+                raise ChatError(409, "session_busy", "this session is already running a turn", "session_id")
+            events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+            def on_tool_event(kind: str, record: ToolCallRecord) -> None:
+                events.put_nowait((kind, record.to_dict()))
+
+            turn_caller = Caller(
+                session.id,
+                caller.scopes,
+                confirm,
+                on_tool_event=on_tool_event,
+                key_id=caller.key_id,
+                read_only=read_only,
+            )
+            async for item in self._run_turn(
+                session, message, turn_caller, events, started, timeout_s, persist
             ):
                 yield item
-
-    async def _turn(
-        self,
-        message: str,
-        caller: Principal,
-        session_id: str | None,
-        confirm: bool,
-        timeout_s: float | None,
-        persist: bool,
-        read_only: bool,
-        started: float,
-    ) -> AsyncIterator[tuple[str, Any]]:
-        session = await self._session(session_id, caller.key_id)
-        if session.lock.locked():
-            raise ChatError(409, "session_busy", "this session is already running a turn", "session_id")
-        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-        def on_tool_event(kind: str, record: ToolCallRecord) -> None:
-            events.put_nowait((kind, record.to_dict()))
-
-        turn_caller = Caller(
-            session.id,
-            caller.scopes,
-            confirm,
-            on_tool_event=on_tool_event,
-            key_id=caller.key_id,
-            read_only=read_only,
-        )
-        async for item in self._run_turn(session, message, turn_caller, events, started, timeout_s, persist):
-            yield item
 
     async def _run_turn(
         self,

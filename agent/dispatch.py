@@ -36,7 +36,7 @@ class ClientCall:
     cache_key: str | None = None
     cache_ttl_s: float | None = None
     tenant: str = ""
-    """The caller's own space (`Principal.tenant_tag()`): where a client-named `cache_key` lives."""
+    """The caller's own space (`Principal.tenant`): where a client-named `cache_key` lives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +223,10 @@ class Dispatcher:
 
         Followers wait for the leader's answer within their own budget; the answer is cached.
         """
-        # Only requests with the same payload bytes share a call: under a client-named key two
-        # callers may ask different things.
-        slot = (service.name, cache_key, payload_digest(call.payload_json))
+        # Only requests with the same payload bytes share a call. A derived key already is the
+        # payload's digest; under a client-named key two callers may ask different things.
+        asked = "" if call.cache_key is None else payload_digest(call.payload_json)
+        slot = (service.name, cache_key, asked)
         leader = self._inflight.get(slot)
         if leader is not None:
             waited = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Scope = Literal["client", "operator"]
@@ -19,8 +19,8 @@ ACTION_SCOPES: Mapping[str, Scope] = {
     "requests.serve": "client",
     "services.list": "client",
     "chat.turn": "client",
-    # Site data and changes: the REST routes and the chat tools that expose them.
-    "metrics.read": "operator",
+    # Site data and changes. A REST route that shows a tool's data names the tool as its action
+    # (`/v1/metrics/snapshot` and `/metrics` are `metrics_monitor`), so the two cannot drift apart.
     "metrics_monitor": "operator",
     "container_ops": "operator",
     "cache_manager": "operator",
@@ -34,7 +34,7 @@ UNKNOWN_ACTION_SCOPE: Scope = "operator"
 
 
 def scope_for(action: str) -> Scope:
-    """The scope an action needs: a REST action (`metrics.read`) or a tool name (`container_ops`)."""
+    """The scope an action needs: a REST action (`services.list`) or a tool name (`container_ops`)."""
     return ACTION_SCOPES.get(action, UNKNOWN_ACTION_SCOPE)
 
 
@@ -49,6 +49,13 @@ class Principal:
 
     key_id: str
     scopes: frozenset[Scope]
+    tenant: str = field(init=False)
+    """What names this caller's own space in stored names (cache keys): a digest of its key id,
+    computed once per key rather than per request."""
+
+    def __post_init__(self) -> None:
+        digest = hashlib.blake2b(self.key_id.encode(), digest_size=8, person=b"mec-tenant").hexdigest()
+        object.__setattr__(self, "tenant", digest)
 
     def may(self, action: str) -> bool:
         return scope_for(action) in self.scopes
@@ -58,8 +65,8 @@ class Principal:
         return "operator" in self.scopes
 
     def tenant_tag(self) -> str:
-        """What names this caller's own space in stored names (cache keys): a digest of its key id."""
-        return hashlib.blake2b(self.key_id.encode(), digest_size=8, person=b"mec-tenant").hexdigest()
+        """The caller's own space in stored names (see `tenant`)."""
+        return self.tenant
 
     def to_log(self) -> dict[str, Any]:
         return {"key_id": self.key_id, "scopes": sorted(self.scopes)}

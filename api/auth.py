@@ -1,7 +1,8 @@
 """Bearer keys with scopes. `client` keys call services; `operator` keys also operate the site.
 
-Routes declare the *action* they perform (`require("metrics.read")`); `agent.scopes` decides
-once which scope each action needs, for REST and chat alike. A request that passes carries its
+Routes declare the *action* they perform (`require("services.list")`, or the tool whose data
+they show: `require("metrics_monitor")`); `agent.scopes` decides once which scope each action
+needs, for REST and chat alike. A request that passes carries its
 `Principal` (the key's id and scopes, never the key) in `request.state.principal`.
 """
 

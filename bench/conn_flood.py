@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from loadgen import ProtocolError, parse_head, read_chunked
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -95,10 +96,6 @@ def run_plain_site() -> int:
 # --- the keyed load (`conn_flood.py load`) -------------------------------------------------------
 
 
-class ProtocolError(Exception):
-    pass
-
-
 @dataclass
 class LoadTally:
     sent: int = 0
@@ -126,26 +123,12 @@ def _request(port: int, key: str, close: bool = False) -> bytes:
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
     """Send one request, read its answer; the status."""
     writer.write(raw)
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 "):
-        raise ProtocolError(head[:40])
-    length, chunked = 0, False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
+    status, length, chunked = parse_head(await reader.readuntil(b"\r\n\r\n"))
     if chunked:
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
+        await read_chunked(reader)
     else:
         await reader.readexactly(length)
-    return int(head[9:12])
+    return status
 
 
 class KeepAlive:

@@ -96,9 +96,9 @@ class Connection:
         assert self.reader is not None
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
-        status, length, chunked = _parse_head(head)
+        status, length, chunked = parse_head(head)
         if chunked:
-            return status, await _read_chunked(self.reader)
+            return status, await read_chunked(self.reader)
         return status, await self.reader.readexactly(length)
 
     def close(self) -> None:
@@ -107,7 +107,8 @@ class Connection:
         self.reader = self.writer = None
 
 
-def _parse_head(head: bytes) -> tuple[int, int, bool]:
+def parse_head(head: bytes) -> tuple[int, int, bool]:
+    """Status, Content-Length and whether the body is chunked, from a response head."""
     lines = head.split(b"\r\n")
     if not lines[0].startswith(b"HTTP/1.1 "):
         raise ProtocolError(f"bad status line {lines[0][:40]!r}")
@@ -123,7 +124,8 @@ def _parse_head(head: bytes) -> tuple[int, int, bool]:
     return status, length, chunked
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+async def read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A chunked body, read to its last chunk."""
     parts: list[bytes] = []
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)

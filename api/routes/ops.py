@@ -35,7 +35,7 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
-    dependencies=[Depends(require("metrics.read"))],
+    dependencies=[Depends(require("metrics_monitor"))],
     responses=ERROR_RESPONSES,
     summary="Prometheus text exposition",
 )
@@ -54,7 +54,7 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 @router.get(
     "/v1/metrics/snapshot",
-    dependencies=[Depends(require("metrics.read"))],
+    dependencies=[Depends(require("metrics_monitor"))],
     responses=ERROR_RESPONSES,
     summary="The latest metrics snapshot: host, GPUs, instances, request rates, cache",
 )

@@ -108,7 +108,7 @@ async def serve_request(request: Request) -> Response:
         latency_budget_ms=body.latency_budget_ms,
         cache_key=body.cache_key,
         cache_ttl_s=body.cache_ttl_s,
-        tenant=principal.tenant_tag(),
+        tenant=principal.tenant,
     )
     outcome = await site.dispatcher.serve(call)
     return render(outcome, site.settings.site_id, uuid.uuid4().hex)
