@@ -100,7 +100,9 @@ class SharedLoadCounters:
         self.row = row
         self._slot_of = slot_of
         self._owner = owner
-        self._cells = block.buf[: rows * slots * _CELLS * _CELL_BYTES].cast("q")
+        buf = block.buf
+        assert buf is not None
+        self._cells = buf[: rows * slots * _CELLS * _CELL_BYTES].cast("q")
         self._stride = slots * _CELLS
 
     @staticmethod
@@ -113,8 +115,10 @@ class SharedLoadCounters:
         if rows < 1 or slots < 1:
             raise ValueError("rows and slots must be at least 1")
         block = shared_memory.SharedMemory(create=True, size=cls.size(rows, slots))
-        block.buf[: cls.size(rows, slots)] = bytes(cls.size(rows, slots))
-        return cls(block, rows, slots, None, None, owner=True)
+        counters = cls(block, rows, slots, None, None, owner=True)
+        for row in range(rows):
+            counters.clear_row(row)
+        return counters
 
     @classmethod
     def attach(
