@@ -1,4 +1,13 @@
-"""Carry out a plan: one cache read, one pure `plan()`, at most one awaited HTTP call.
+"""Carry out a plan: one cache read, one pure `plan()`, at most one upstream exchange.
+
+The budget runs from the request's arrival at the site (`ClientCall.arrived`), so whatever the site
+spent before the dispatcher saw it counts. Admission is decided before anything is queued or sent:
+`plan()` refuses (503) what no instance is predicted to answer in time, and the instance's gate
+(`agent.admission`) holds a request in a short, bounded queue only while its budget still covers
+the instance's latency. The upstream exchange is one call with one hard limit; the caller waits
+for it no longer than its own deadline, and an answer that comes later is never sent as a 200 (it
+is a 504) — though a cacheable one is still stored for the next caller, and the exchange's real
+latency still teaches the instance's gate.
 
 The result travels as the raw JSON bytes the workload (or the cache) produced; nothing is parsed
 and re-serialised on the way through.
@@ -9,14 +18,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-import httpx
-
+from agent.admission import Admission, InstanceGate
 from agent.router import Plan, PlanRequest, plan
+from agent.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from agent.view import ServiceView, View
 from tools.cache_manager import CacheManager
 from tools.metrics_monitor import RequestLog
@@ -37,6 +54,9 @@ class ClientCall:
     cache_ttl_s: float | None = None
     tenant: str = ""
     """The caller's own space (`Principal.tenant`): where a client-named `cache_key` lives."""
+    arrived: float | None = None
+    """When the request reached the site (`time.perf_counter()`); its budget runs from here.
+    None: from when the dispatcher sees it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,20 +113,36 @@ def _ms(since: float, until: float) -> float:
     return round((until - since) * 1000, 3)
 
 
-def _workload_error(response: httpx.Response) -> ErrorInfo:
+@dataclass(slots=True)
+class _Sent:
+    """Where and when the latest exchange of one call went (for telling a hung instance)."""
+
+    instance_id: str = ""
+    at: float = 0.0
+
+
+@dataclass(slots=True)
+class _SharedCall:
+    """One upstream call that concurrent misses of the same cache key all wait for."""
+
+    task: asyncio.Task[Outcome]
+    sent: _Sent
+
+
+def _workload_error(response: UpstreamResponse) -> ErrorInfo:
     """The workload's own JSON error, with its field placed under `payload`."""
     try:
-        error = response.json()["error"]
+        error = json.loads(response.body)["error"]
         field_name = error.get("field")
         if field_name and not str(field_name).startswith("payload"):
             field_name = f"payload.{field_name}"
         return ErrorInfo(str(error.get("code", "invalid_payload")), str(error["message"]), field_name)
     except (ValueError, KeyError, TypeError):
-        return ErrorInfo("invalid_payload", f"the service rejected the payload ({response.status_code})")
+        return ErrorInfo("invalid_payload", f"the service rejected the payload ({response.status})")
 
 
 class Dispatcher:
-    """Serves client calls on the fast path: cache → plan → one instance."""
+    """Serves client calls on the fast path: cache → plan → one instance, within the budget."""
 
     def __init__(
         self,
@@ -114,71 +150,70 @@ class Dispatcher:
         cache: CacheManager,
         runtime: Runtime,
         requests: RequestLog,
-        client: httpx.AsyncClient,
+        upstream: UpstreamPool,
+        admission: Admission,
+        upstream_timeout_s: float = 5.0,
     ) -> None:
         self._view_for = view_for
         self.cache = cache
         self.runtime = runtime
         self.requests = requests
-        self.client = client
-        self.outstanding: dict[str, int] = {}
-        self._inflight: dict[tuple[str, str, str], asyncio.Future[Outcome]] = {}
+        self.upstream = upstream
+        self.admission = admission
+        self.upstream_timeout_s = upstream_timeout_s
+        """Hard limit of one exchange, whoever still waits for it (a hung instance's calls end)."""
+        self._shared: dict[tuple[str, str, str], _SharedCall] = {}
         self._typical_ms: dict[str, float] = {}
+        self.late = 0
+        """Answers that were ready after their budget (sent as 504, never as 200)."""
 
     async def serve(self, call: ClientCall) -> Outcome:
-        started = time.perf_counter()
+        entered = time.perf_counter()
+        arrived = entered if call.arrived is None else min(call.arrived, entered)
+        timings: dict[str, float] = {}
+        if call.arrived is not None:
+            timings["wait"] = _ms(arrived, entered)
         view = self._view_for(call.service)
         service = view.services.get(call.service)
         if service is None:
+            error = ErrorInfo(
+                "unknown_service",
+                f"unknown service {call.service!r}; known: {sorted(view.services)}",
+                "service",
+            )
             return self._finish(
-                started,
-                Outcome(
-                    404,
-                    UNKNOWN_SERVICE,
-                    "reject",
-                    "",
-                    error=ErrorInfo(
-                        "unknown_service",
-                        f"unknown service {call.service!r}; known: {sorted(view.services)}",
-                        "service",
-                    ),
-                ),
+                arrived, math.inf, timings, Outcome(404, UNKNOWN_SERVICE, "reject", "", error=error)
             )
         if call.client_kind not in service.client_kinds:
-            return self._finish(
-                started,
-                Outcome(
-                    403,
-                    call.service,
-                    "reject",
-                    "",
-                    error=ErrorInfo(
-                        "client_kind_not_allowed",
-                        f"service {service.name!r} serves {sorted(service.client_kinds)} clients, "
-                        f"not {call.client_kind!r}",
-                        "client.kind",
-                    ),
-                ),
+            error = ErrorInfo(
+                "client_kind_not_allowed",
+                f"service {service.name!r} serves {sorted(service.client_kinds)} clients, not {call.client_kind!r}",
+                "client.kind",
             )
-
-        if call.cache_ttl_s is not None and call.cache_ttl_s > service.max_cache_ttl_s:
             return self._finish(
-                started,
-                Outcome(
-                    422,
-                    call.service,
-                    "reject",
-                    "",
-                    error=ErrorInfo(
-                        "invalid_field",
-                        f"cache_ttl_s: at most {service.max_cache_ttl_s:g} s for service {service.name!r}",
-                        "cache_ttl_s",
-                    ),
-                ),
+                arrived, math.inf, timings, Outcome(403, call.service, "reject", "", error=error)
+            )
+        if call.cache_ttl_s is not None and call.cache_ttl_s > service.max_cache_ttl_s:
+            error = ErrorInfo(
+                "invalid_field",
+                f"cache_ttl_s: at most {service.max_cache_ttl_s:g} s for service {service.name!r}",
+                "cache_ttl_s",
+            )
+            return self._finish(
+                arrived, math.inf, timings, Outcome(422, call.service, "reject", "", error=error)
             )
 
         budget_ms = call.latency_budget_ms or service.default_budget_ms
-        deadline = started + budget_ms / 1000
+        deadline = arrived + budget_ms / 1000
+        if entered >= deadline:
+            error = ErrorInfo(
+                "budget_exceeded",
+                f"the {budget_ms} ms budget ran out while the request waited {_ms(arrived, entered)} ms "
+                "at the site before the dispatcher",
+            )
+            return self._finish(
+                arrived, deadline, timings, Outcome(504, service.name, "reject", "", error=error)
+            )
         cache_key = self._cache_key(call, service)
         cached: bytes | None = None
         if cache_key is not None:
@@ -190,10 +225,12 @@ class Dispatcher:
             service=service.name,
             cached=cached is not None,
             affinity=None if affinity is None else str(affinity),
+            budget_ms=(deadline - after_cache) * 1000,
         )
         decision = plan(request, view)
         after_plan = time.perf_counter()
-        timings = {"cache": _ms(started, after_cache), "plan": _ms(after_cache, after_plan)}
+        timings["cache"] = _ms(entered, after_cache)
+        timings["plan"] = _ms(after_cache, after_plan)
 
         if decision.tier == "cache":
             outcome = Outcome(200, service.name, "cache", "cache", result_json=cached, cached=True)
@@ -202,11 +239,12 @@ class Dispatcher:
                 call, service, request, decision, view, deadline, timings, cache_key
             )
         elif decision.tier == "local":
-            outcome = await self._call_instance(call, service, request, decision, view, deadline, timings)
+            outcome = await self._call_instance(
+                call, service, request, decision, view, deadline, timings, _Sent()
+            )
         else:
             outcome = self._reject(service.name, decision)
-        outcome.timings_ms = timings
-        return self._finish(started, outcome)
+        return self._finish(arrived, deadline, timings, outcome, cacheable=cache_key is not None)
 
     async def _call_once_per_key(
         self,
@@ -221,51 +259,58 @@ class Dispatcher:
     ) -> Outcome:
         """A cacheable miss: concurrent misses of one key share one upstream call (no stampede).
 
-        Followers wait for the leader's answer within their own budget; the answer is cached.
+        The call runs on its own: each caller (the first included) waits for it within its own
+        budget, and its answer is cached when it comes, even after every caller has given up.
         """
         # Only requests with the same payload bytes share a call. A derived key already is the
         # payload's digest; under a client-named key two callers may ask different things.
         asked = "" if call.cache_key is None else payload_digest(call.payload_json)
         slot = (service.name, cache_key, asked)
-        leader = self._inflight.get(slot)
-        if leader is not None:
-            waited = time.perf_counter()
-            try:
-                shared = await asyncio.wait_for(asyncio.shield(leader), max(0.0, deadline - waited))
-            except TimeoutError:
-                return self._timeout(service.name, "")
-            except asyncio.CancelledError:
-                if not leader.cancelled():
-                    raise
-                error = ErrorInfo("upstream_failed", "the shared upstream call was cancelled")
-                return Outcome(502, service.name, "local", "", error=error)
-            timings["coalesced"] = _ms(waited, time.perf_counter())
-            return Outcome(
-                shared.status,
-                shared.service,
-                shared.tier,
-                shared.target,
-                shared.result_json,
-                error=shared.error,
+        shared = self._shared.get(slot)
+        follower = shared is not None
+        if shared is None:
+            sent = _Sent()
+            task = asyncio.get_running_loop().create_task(
+                self._fill(call, service, request, decision, view, deadline, timings, cache_key, sent)
             )
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._inflight[slot] = future
-        try:
-            outcome = await self._call_instance(call, service, request, decision, view, deadline, timings)
-            if outcome.status == 200 and outcome.result_json is not None:
-                ttl = call.cache_ttl_s or service.cache_ttl_s
-                await self.cache.set(service.name, cache_key, outcome.result_json, ttl)
-            future.set_result(outcome)
-            return outcome
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # followers see it; mark it retrieved for the leader
-            raise
-        finally:
-            del self._inflight[slot]
+            shared = self._shared[slot] = _SharedCall(task, sent)
+            task.add_done_callback(lambda _: self._shared.pop(slot, None))
+        waited = time.perf_counter()
+        if not shared.task.done():
+            done, _ = await asyncio.wait((shared.task,), timeout=max(0.0, deadline - waited))
+            if not done:
+                self._judge_hung(service.name, shared.sent)
+                return self._timeout(service.name, shared.sent.instance_id)
+        if shared.task.cancelled():
+            error = ErrorInfo("upstream_failed", "the shared upstream call was cancelled")
+            return Outcome(502, service.name, "local", "", error=error)
+        result = shared.task.result()
+        if follower:
+            timings["coalesced"] = _ms(waited, time.perf_counter())
+        return Outcome(
+            result.status, result.service, result.tier, result.target, result.result_json, error=result.error
+        )
+
+    async def _fill(
+        self,
+        call: ClientCall,
+        service: ServiceView,
+        request: PlanRequest,
+        decision: Plan,
+        view: View,
+        deadline: float,
+        timings: dict[str, float],
+        cache_key: str,
+        sent: _Sent,
+    ) -> Outcome:
+        """The shared call of `_call_once_per_key`: to the end of the exchange, then into the cache."""
+        outcome = await self._call_instance(
+            call, service, request, decision, view, deadline, timings, sent, wait_until=math.inf
+        )
+        if outcome.status == 200 and outcome.result_json is not None:
+            ttl = call.cache_ttl_s or service.cache_ttl_s
+            await self.cache.set(service.name, cache_key, outcome.result_json, ttl)
+        return outcome
 
     @staticmethod
     def _cache_key(call: ClientCall, service: ServiceView) -> str | None:
@@ -285,66 +330,98 @@ class Dispatcher:
         view: View,
         deadline: float,
         timings: dict[str, float],
+        sent: _Sent,
+        wait_until: float | None = None,
     ) -> Outcome:
-        """POST the payload to the planned instance; on a refused connection, re-plan once."""
+        """Send the payload to the planned instance once a slot is free; on a refused connection,
+        re-plan once. The caller waits until `wait_until` (default: the deadline)."""
+        wait_until = deadline if wait_until is None else wait_until
         for attempt in range(2):
             instance = decision.instance
             assert instance is not None
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            gate = self.admission.gate(instance)
+            if not gate.try_acquire():
+                queued = time.perf_counter()
+                granted = await gate.acquire(deadline)
+                timings["queue"] = _ms(queued, time.perf_counter())
+                if not granted:
+                    return self._no_slot(service.name, instance.id, view.retry_after_s)
+            now = time.perf_counter()
+            if now >= deadline:
+                gate.release(None, 0)
                 return self._timeout(service.name, instance.id)
-            self.outstanding[instance.id] = self.outstanding.get(instance.id, 0) + 1
-            sent = time.perf_counter()
+            sent.instance_id, sent.at = instance.id, now
+            exchange = self.upstream.request(
+                instance.host, instance.port, "/invoke", call.payload_json, self.upstream_timeout_s
+            )
+            exchange.add_done_callback(partial(self._settle, gate, service.name, now, gate.inflight))
+            if not exchange.done():
+                timeout = None if math.isinf(wait_until) else max(0.0, wait_until - now)
+                done, _ = await asyncio.wait((exchange,), timeout=timeout)
+                if not done:
+                    timings["upstream"] = _ms(now, time.perf_counter())
+                    self._judge_hung(service.name, sent)
+                    return self._timeout(service.name, instance.id)
+            timings["upstream"] = _ms(now, time.perf_counter())
             try:
-                response = await self.client.post(
-                    f"{instance.url}/invoke",
-                    content=call.payload_json,
-                    headers={"content-type": "application/json"},
-                    timeout=remaining,
-                )
-            except httpx.TimeoutException:
-                waited = timings["upstream"] = _ms(sent, time.perf_counter())
-                if self._hung(service.name, waited):
-                    # The router stops sending to it now; the runtime's health checks decide
-                    # whether it comes back or is restarted.
-                    self.runtime.report_failure(instance.id)
-                return self._timeout(service.name, instance.id)
-            except httpx.TransportError as exc:
-                timings["upstream"] = _ms(sent, time.perf_counter())
+                response = exchange.result()
+            except UpstreamConnectError as exc:
                 self.runtime.report_failure(instance.id)
                 retry = PlanRequest(
                     service=request.service,
                     affinity=request.affinity,
                     exclude=request.exclude | {instance.id},
+                    budget_ms=(deadline - time.perf_counter()) * 1000,
                 )
                 next_decision = plan(retry, view)
-                if attempt == 0 and isinstance(exc, httpx.ConnectError) and next_decision.tier == "local":
+                if attempt == 0 and next_decision.tier == "local":
                     decision, request = next_decision, retry
                     continue
-                return Outcome(
-                    502,
-                    service.name,
-                    "local",
-                    instance.id,
-                    error=ErrorInfo(
-                        "upstream_failed", f"instance {instance.id} failed: {type(exc).__name__}"
-                    ),
-                )
-            finally:
-                self.outstanding[instance.id] -= 1
-            upstream = timings["upstream"] = _ms(sent, time.perf_counter())
-            if response.status_code < 500:
-                # Warms up from zero: a slow first call (cold caches) must not hide a hung instance.
-                typical = self._typical_ms.get(service.name, 0.0)
-                self._typical_ms[service.name] = typical + (upstream - typical) * TYPICAL_EWMA_ALPHA
+                return self._upstream_failed(service.name, instance.id, exc)
+            except UpstreamTimeout:
+                self.runtime.report_failure(instance.id)
+                return self._timeout(service.name, instance.id)
+            except UpstreamError as exc:
+                self.runtime.report_failure(instance.id)
+                return self._upstream_failed(service.name, instance.id, exc)
             return self._from_response(service.name, instance.id, response)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _from_response(self, service: str, target: str, response: httpx.Response) -> Outcome:
-        if response.status_code == 200:
-            return Outcome(200, service, "local", target, result_json=response.content)
-        if 400 <= response.status_code < 500:
-            status = 413 if response.status_code == 413 else 422
+    def _settle(
+        self,
+        gate: InstanceGate,
+        service: str,
+        sent: float,
+        concurrency: int,
+        exchange: asyncio.Future[UpstreamResponse],
+    ) -> None:
+        """An exchange ended (whether or not anyone still waited): free its slot, learn from it."""
+        elapsed_ms = (time.perf_counter() - sent) * 1000
+        latency_ms: float | None = None
+        if not exchange.cancelled():
+            error = exchange.exception()  # retrieved here, so an abandoned failure is not "never retrieved"
+            if isinstance(error, UpstreamTimeout):
+                latency_ms = elapsed_ms  # a lower bound: it still moves the estimates the right way
+            elif error is None:
+                latency_ms = elapsed_ms
+                if exchange.result().status < 500:
+                    # Warms up from zero: a slow first call (cold caches) must not hide a hung instance.
+                    typical = self._typical_ms.get(service, 0.0)
+                    self._typical_ms[service] = typical + (elapsed_ms - typical) * TYPICAL_EWMA_ALPHA
+        gate.release(latency_ms, concurrency)
+
+    def _judge_hung(self, service: str, sent: _Sent) -> None:
+        """A caller gave up on an exchange: if it has waited many times what the service usually
+        takes, the instance is taken out of the router's view now (its health checks decide
+        whether it comes back or is restarted)."""
+        if sent.instance_id and self._hung(service, (time.perf_counter() - sent.at) * 1000):
+            self.runtime.report_failure(sent.instance_id)
+
+    def _from_response(self, service: str, target: str, response: UpstreamResponse) -> Outcome:
+        if response.status == 200:
+            return Outcome(200, service, "local", target, result_json=response.body)
+        if 400 <= response.status < 500:
+            status = 413 if response.status == 413 else 422
             return Outcome(status, service, "local", target, error=_workload_error(response))
         self.runtime.report_failure(target)
         return Outcome(
@@ -352,8 +429,13 @@ class Dispatcher:
             service,
             "local",
             target,
-            error=ErrorInfo("upstream_failed", f"instance {target} answered {response.status_code}"),
+            error=ErrorInfo("upstream_failed", f"instance {target} answered {response.status}"),
         )
+
+    @staticmethod
+    def _upstream_failed(service: str, target: str, exc: UpstreamError) -> Outcome:
+        error = ErrorInfo("upstream_failed", f"instance {target} failed: {type(exc).__name__}")
+        return Outcome(502, service, "local", target, error=error)
 
     def _hung(self, service: str, waited_ms: float) -> bool:
         """Whether a timed-out call says more about the instance than about a tight budget.
@@ -375,6 +457,13 @@ class Dispatcher:
         )
 
     @staticmethod
+    def _no_slot(service: str, target: str, retry_after_s: int) -> Outcome:
+        error = ErrorInfo(
+            "no_capacity", f"instance {target} of {service} had no free slot in time for the budget; not sent"
+        )
+        return Outcome(503, service, "reject", "", error=error, retry_after_s=retry_after_s)
+
+    @staticmethod
     def _reject(service: str, decision: Plan) -> Outcome:
         code = "no_capacity" if decision.status == 503 else "rejected"
         return Outcome(
@@ -386,10 +475,32 @@ class Dispatcher:
             retry_after_s=decision.retry_after_s,
         )
 
-    def _finish(self, started: float, outcome: Outcome) -> Outcome:
-        total = _ms(started, time.perf_counter())
-        outcome.timings_ms["total"] = total
-        self.requests.record(outcome.service, outcome.tier, outcome.status, total)
+    def _finish(
+        self,
+        arrived: float,
+        deadline: float,
+        timings: dict[str, float],
+        outcome: Outcome,
+        cacheable: bool = False,
+    ) -> Outcome:
+        """The last word on an outcome, just before it is rendered: a 200 past the budget is a 504."""
+        now = time.perf_counter()
+        if outcome.status == 200 and now > deadline:
+            self.late += 1
+            stored = " (it is cached for the next request)" if cacheable and outcome.tier == "local" else ""
+            outcome = Outcome(
+                504,
+                outcome.service,
+                outcome.tier,
+                outcome.target,
+                error=ErrorInfo(
+                    "budget_exceeded",
+                    f"the answer was ready {_ms(deadline, now)} ms after the latency budget ran out{stored}",
+                ),
+            )
+        timings["total"] = _ms(arrived, now)
+        outcome.timings_ms = timings
+        self.requests.record(outcome.service, outcome.tier, outcome.status, timings["total"])
         return outcome
 
 

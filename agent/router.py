@@ -1,20 +1,22 @@
 """The fast-path router: a pure, deterministic `plan(request, view)`.
 
 No I/O, no clocks, no randomness: the same request against the same view gives the same plan,
-in microseconds. Order of preference: a cache hit; a local instance (a GPU-capable one for GPU
+in microseconds. Order of preference: a cache hit; a local instance that has room and is
+predicted to answer within what is left of the request's budget (a GPU-capable one for GPU
 services while the GPU is under its busy threshold; the instance a request's affinity key hashes
-to, if it has room; else the instance with the fewest requests in flight); otherwise a reject
-with 503 and `Retry-After`. Peers and the cloud join this list in later tiers.
+to; else the one predicted to answer first); otherwise a reject with 503 and `Retry-After`, at
+once, before anything is queued or sent. Peers and the cloud join this list in later tiers.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.view import View
+from agent.view import IDLE, View
 from tools.runtimes.base import Instance
 
 Tier = Literal["cache", "local", "peer", "cloud", "reject"]
@@ -28,6 +30,8 @@ class PlanRequest:
     cached: bool = False
     affinity: str | None = None
     exclude: frozenset[str] = field(default_factory=frozenset)
+    budget_ms: float = math.inf
+    """What is left of the request's latency budget when it is planned."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +69,22 @@ def plan(request: PlanRequest, view: View) -> Plan:
         return CACHE_HIT
 
     ready = [inst for inst in view.instances.get(service.name, ()) if inst.id not in request.exclude]
-    outstanding = view.outstanding
-    capacity = view.instance_capacity
-    open_ = [inst for inst in ready if outstanding.get(inst.id, 0) < capacity]
-    if not open_:
+    loads, lag_ms = view.loads, view.lag_ms
+    predicted: dict[str, float] = {}
+    for inst in ready:
+        load = loads.get(inst.id, IDLE)
+        if load.has_room:
+            predicted[inst.id] = lag_ms + load.predicted_ms
+    if not predicted:
         why = "every local instance is at capacity" if ready else "no ready local instance"
-        return Plan(
-            tier="reject",
-            status=503,
-            retry_after_s=view.retry_after_s,
-            reason=f"{why} of {service.name} and no peer or cloud is configured",
+        return _no_capacity(view, f"{why} of {service.name} and no peer or cloud is configured")
+    open_ = [inst for inst in ready if inst.id in predicted and predicted[inst.id] <= request.budget_ms]
+    if not open_:
+        return _no_capacity(
+            view,
+            f"no local instance of {service.name} can answer within the {request.budget_ms:.0f} ms left "
+            f"of its budget (soonest predicted: {min(predicted.values()):.0f} ms) and no peer or cloud "
+            "is configured",
         )
 
     if service.gpu:
@@ -89,5 +99,9 @@ def plan(request: PlanRequest, view: View) -> Plan:
         pinned = _affinity_choice(open_, request.affinity)
         return Plan(tier="local", instance=pinned, reason=f"affinity {service.affinity_key}")
 
-    chosen = min(open_, key=lambda inst: (outstanding.get(inst.id, 0), inst.id))
-    return Plan(tier="local", instance=chosen, reason="least outstanding requests")
+    chosen = min(open_, key=lambda inst: (predicted[inst.id], inst.id))
+    return Plan(tier="local", instance=chosen, reason="soonest predicted answer")
+
+
+def _no_capacity(view: View, reason: str) -> Plan:
+    return Plan(tier="reject", status=503, retry_after_s=view.retry_after_s, reason=reason)

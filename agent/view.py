@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from tools.runtimes.base import Instance
 
@@ -22,18 +23,51 @@ class ServiceView:
     max_cache_ttl_s: float = 3600.0
 
 
+class InstanceLoad(Protocol):
+    """What the router reads of one instance's load (`agent.admission.InstanceGate` is one)."""
+
+    @property
+    def predicted_ms(self) -> float:
+        """When a request sent (or queued) now would be answered, in ms from now."""
+        ...
+
+    @property
+    def has_room(self) -> bool:
+        """Whether one more request may be sent or queued."""
+        ...
+
+    @property
+    def outstanding(self) -> int:
+        """Requests in flight or queued for it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFigures:
+    """A fixed `InstanceLoad`, for views built by hand (tests, benchmarks)."""
+
+    predicted_ms: float = 0.0
+    has_room: bool = True
+    outstanding: int = 0
+
+
+IDLE = LoadFigures()
+"""The load of an instance nothing has been sent to."""
+
+
 @dataclass(frozen=True, slots=True)
 class View:
-    """One consistent read of the site: services, ready instances, load, GPU pressure.
+    """One consistent read of the site: services, ready instances, their load, GPU pressure.
 
-    `instances` holds only instances that passed their health check; `outstanding` counts the
-    requests in flight per instance id (a live mapping owned by the dispatcher).
+    `instances` holds only instances that passed their health check; `loads` maps instance ids
+    to their live load (an instance missing from it is idle); `lag_ms` is how late this
+    process's event loop runs, added to every prediction.
     """
 
     site_id: str
     services: Mapping[str, ServiceView]
     instances: Mapping[str, Sequence[Instance]]
-    outstanding: Mapping[str, int]
-    instance_capacity: int
+    loads: Mapping[str, InstanceLoad]
     gpu_busy: bool
     retry_after_s: int
+    lag_ms: float = 0.0

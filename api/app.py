@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.door import ArrivalStamp
 from api.errors import error_response, install_error_handlers
 from api.routes import chat, ops, requests, services
 from api.schemas import ServiceRequest
@@ -150,4 +151,5 @@ def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(ArrivalStamp, door=site.door)  # outermost: the clock starts first
     return app

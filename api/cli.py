@@ -96,7 +96,7 @@ async def _serve(settings: Settings, log_level: str) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     app = create_app(settings, site)
-    server = build_server(app, settings, log_level)
+    server = build_server(app, settings, log_level, door=site.door)
     task = asyncio.create_task(server.serve())
     site_file: Path | None = None
     try:

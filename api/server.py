@@ -42,6 +42,7 @@ import asyncio
 import json
 import logging
 import resource
+import time
 from collections import OrderedDict
 from typing import Any, ClassVar, cast
 
@@ -50,6 +51,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from api.door import CLOCK_KEY, FAST_PATH, FrontDoor, RequestClock
 from config.settings import Settings
 
 log = logging.getLogger("mec.server")
@@ -165,9 +167,9 @@ class ConnectionGuard:
             "keepalive_timeouts": self.keepalive_timeouts,
         }
 
-    def protocol_class(self) -> type[GuardedHttpToolsProtocol]:
-        """A protocol class bound to this guard, for `uvicorn.Config(http=...)`."""
-        bound = type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"guard": self})
+    def protocol_class(self, door: FrontDoor | None = None) -> type[GuardedHttpToolsProtocol]:
+        """A protocol class bound to this guard (and the fast path's door), for `uvicorn.Config`."""
+        bound = type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"guard": self, "door": door})
         return cast(type[GuardedHttpToolsProtocol], bound)
 
     # Called by the protocol, on the event loop.
@@ -217,13 +219,22 @@ class ConnectionGuard:
             self.open -= 1
 
 
+_FAST_PATH = FAST_PATH.encode()
+_FAST_PATH_QUERY = _FAST_PATH + b"?"
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with admission control and header/body/keep-alive deadlines.
+
+    It also stamps each request's arrival (its first byte) and, for the fast path, asks the
+    `FrontDoor` before anything else happens: a refused request is answered with the door's
+    prebuilt 503 from here, and its body is read and dropped without reaching the application.
 
     Use a subclass bound to a guard (`ConnectionGuard.protocol_class()`); `build_server` does.
     """
 
     guard: ClassVar[ConnectionGuard]
+    door: ClassVar[FrontDoor | None] = None
 
     def __init__(
         self,
@@ -239,6 +250,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _IDLE
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._arrived = 0.0
+        self._refused = False
+        self._clock: RequestClock | None = None
 
     # asyncio.Protocol
 
@@ -285,6 +299,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # httptools parser callbacks
 
     def on_message_begin(self) -> None:
+        self._arrived = time.perf_counter()
         super().on_message_begin()
         self._phase = _HEADERS
 
@@ -293,15 +308,69 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        door = self.door
+        if door is not None and self._at_the_door():
+            clock = door.admit(self._arrived)
+            if clock is None:
+                self._refuse(door)
+                return
+            self._clock = clock
+            self.scope["state"][CLOCK_KEY] = clock  # the task that serves it has not started yet
         super().on_headers_complete()
         self.guard.busy(self)
+
+    def _at_the_door(self) -> bool:
+        """A fast-path request that nothing else on this connection is ahead of."""
+        url = self.url
+        return (
+            (url == _FAST_PATH or url.startswith(_FAST_PATH_QUERY))
+            and self.parser.get_method() == b"POST"
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+        )
+
+    def _refuse(self, door: FrontDoor) -> None:
+        """Answer the door's 503 now; the body that follows is dropped (`on_body`)."""
+        self._refused = True
+        if self.expect_100_continue:
+            self.transport.write(door.refusal_close)  # the body will never come
+            self._close_gracefully()
+            return
+        keep = self.parser.should_keep_alive()
+        self.transport.write(door.refusal_keep_alive if keep else door.refusal_close)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._phase = _IDLE
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        if self._clock is not None:
+            self._clock.received = time.perf_counter()
+            self._clock = None
+        if self._refused:
+            self._refused = False
+            self._after_refusal()
+            return
         super().on_message_complete()
+
+    def _after_refusal(self) -> None:
+        """A refused request's body is in: keep the connection for the next one, or close it."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        if not self.parser.should_keep_alive():
+            self._close_gracefully()
+            return
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+        self.guard.idle(self)
 
     # uvicorn hooks
 
@@ -412,8 +481,11 @@ def plan_limits(requested: int, nofile: int, in_use: int) -> tuple[int, int]:
     return max(1, min(requested, room - backlog)), backlog
 
 
-def build_server(app: Any, settings: Settings, log_level: str) -> GuardedServer:
-    """The site's uvicorn server, its connections bounded and timed out by a `ConnectionGuard`.
+def build_server(
+    app: Any, settings: Settings, log_level: str, door: FrontDoor | None = None
+) -> GuardedServer:
+    """The site's uvicorn server, its connections bounded and timed out by a `ConnectionGuard`,
+    and its fast-path requests stamped and admitted by `door` (when given).
 
     `log_level` is the CLI's: uvicorn itself logs at warning unless it is "debug".
     """
@@ -450,7 +522,7 @@ def build_server(app: Any, settings: Settings, log_level: str) -> GuardedServer:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        http=guard.protocol_class(),
+        http=guard.protocol_class(door),
         ws="none",  # the API has no WebSocket routes; an upgraded connection would leave the guard
         backlog=backlog,
     )

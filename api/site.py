@@ -10,14 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from strands.types.tools import AgentTool
 
+from agent.admission import Admission, AdmissionSettings
 from agent.chat import ChatConfig, ChatService
 from agent.dispatch import Dispatcher
+from agent.inflight import LoadCounters, LocalLoadCounters
 from agent.models.build import build_chat_model
+from agent.upstream import UpstreamPool
 from agent.view import ServiceView, View
 from api.auth import KeyRing, generate_key
+from api.door import FrontDoor
 from config.settings import Settings
 from monitoring.sampler import Sampler
 from prompts import load_prompt
@@ -123,9 +126,11 @@ class Site:
     cache: CacheManager
     monitor: MetricsMonitor
     sampler: Sampler
-    client: httpx.AsyncClient
+    upstream: UpstreamPool
+    admission: Admission
     services: dict[str, ServiceView]
     dispatcher: Dispatcher = field(init=False)
+    door: FrontDoor = field(init=False)
     tools: list[AgentTool] = field(init=False)
     chat: ChatService = field(init=False)
     start_errors: dict[str, str] = field(default_factory=dict)
@@ -134,7 +139,20 @@ class Site:
 
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(
-            self.view_for, self.cache, self.runtime, self.monitor.requests, self.client
+            self.view_for,
+            self.cache,
+            self.runtime,
+            self.monitor.requests,
+            self.upstream,
+            self.admission,
+            upstream_timeout_s=self.settings.upstream_timeout_s,
+        )
+        self.door = FrontDoor(
+            self.admission.lag,
+            self.settings.site_id,
+            queue_target_ms=self.settings.queue_target_ms,
+            max_inflight=self.settings.max_inflight,
+            retry_after_s=self.settings.retry_after_s,
         )
         self.tools = [
             metrics_monitor_tool(self.monitor),
@@ -167,8 +185,11 @@ class Site:
         return host is not None and host.cpu_percent >= self.settings.overload_cpu_pct
 
     @classmethod
-    def build(cls, settings: Settings, runtime: Runtime | None = None) -> Site:
-        """Wire a site from its settings; `runtime` replaces the configured one (tests, embedding)."""
+    def build(
+        cls, settings: Settings, runtime: Runtime | None = None, counters: LoadCounters | None = None
+    ) -> Site:
+        """Wire a site from its settings; `runtime` replaces the configured one (tests, embedding,
+        front-door workers), `counters` the process's own load counters (workers share theirs)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         keys, generated = _keys(settings)
         gpu = GpuProbe()
@@ -198,9 +219,14 @@ class Site:
             runtime=runtime,
             instance_stats_interval_s=settings.instance_stats_interval_s,
         )
-        client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            timeout=httpx.Timeout(5.0),
+        admission = Admission(
+            counters or LocalLoadCounters(),
+            AdmissionSettings(
+                max_limit=settings.instance_capacity,
+                initial_limit=min(8, settings.instance_capacity),
+                max_queue=settings.instance_queue,
+                queue_target_ms=settings.queue_target_ms,
+            ),
         )
         services = {
             name: ServiceView(
@@ -223,21 +249,23 @@ class Site:
             cache=cache,
             monitor=monitor,
             sampler=Sampler(monitor, settings.sample_interval_s),
-            client=client,
+            upstream=UpstreamPool(),
+            admission=admission,
             services=services,
         )
 
     def view_for(self, service: str) -> View:
         """The router's view for one request: live instance states, in-flight counts, GPU load."""
         gpu_util = self.monitor.snapshot.gpu_max_utilization
+        ready = self.runtime.ready_instances(service)
         return View(
             site_id=self.settings.site_id,
             services=self.services,
-            instances={service: self.runtime.ready_instances(service)},
-            outstanding=self.dispatcher.outstanding,
-            instance_capacity=self.settings.instance_capacity,
+            instances={service: ready},
+            loads=self.admission.loads(ready),
             gpu_busy=gpu_util is not None and gpu_util >= self.settings.gpu_busy_pct,
             retry_after_s=self.settings.retry_after_s,
+            lag_ms=self.admission.lag.lag_ms,
         )
 
     async def start(self) -> None:
@@ -277,6 +305,7 @@ class Site:
                 )
             )
         await self.sampler.start()
+        self.admission.lag.start()
         self.started = True
 
     def unready_services(self) -> list[str]:
@@ -294,10 +323,11 @@ class Site:
             return
         self.stopped, self.started = True, False
         await self.sampler.stop()
+        await self.admission.lag.stop()
         try:
             await self.runtime.close()
         finally:
-            await self.client.aclose()
+            await self.upstream.close()
             await self.cache.close()
 
     def readiness(self, detail: bool = False) -> tuple[bool, dict[str, Any]]:

@@ -64,7 +64,7 @@ import psutil
 from loadgen import request_body
 
 from agent.router import PlanRequest, plan
-from agent.view import ServiceView, View
+from agent.view import LoadFigures, ServiceView, View
 from tools.runtimes.base import Instance
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -180,7 +180,8 @@ def realistic_view() -> View:
     }
     outstanding = {"inference-1": 3, "inference-2": 1, "inference-3": 0, "sensor-1": 2, "sensor-3": 5}
     outstanding |= {"game-state-1": 1, "game-state-2": 4}
-    return View("site-1", services, instances, outstanding, 32, False, 1)
+    loads = {iid: LoadFigures(predicted_ms=n * 0.5, outstanding=n) for iid, n in outstanding.items()}
+    return View("site-1", services, instances, loads, False, 1, lag_ms=0.2)
 
 
 def plan_requests() -> list[tuple[str, PlanRequest]]:

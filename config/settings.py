@@ -142,7 +142,27 @@ class Settings(BaseSettings):
     instance_stats_interval_s: float = Field(default=2.0, gt=0)
     gpu_busy_pct: float = Field(default=85.0, ge=0, le=100, description="GPU busy above this utilisation.")
     instance_capacity: int = Field(
-        default=32, ge=1, description="Requests in flight per instance before it counts as full."
+        default=32,
+        ge=1,
+        description="Most requests one instance works on at once: the ceiling of its adaptive "
+        "concurrency limit.",
+    )
+    instance_queue: int = Field(
+        default=64, ge=0, description="Requests that may wait at the site for a slot of one instance."
+    )
+    queue_target_ms: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a request should wait behind others before the dispatcher starts on it; "
+        "the front door admits fewer while requests wait longer.",
+    )
+    max_inflight: int = Field(
+        default=4096, ge=1, description="Fast-path requests one front-door process holds at once."
+    )
+    upstream_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Hard limit of one call to an instance, however long its caller waits.",
     )
     retry_after_s: int = Field(default=1, ge=1)
     supervise_interval_s: float = Field(default=1.0, gt=0)

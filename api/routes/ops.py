@@ -69,4 +69,7 @@ async def snapshot(request: Request) -> dict[str, Any]:
             "instances": [i.to_dict() for i in site.runtime.instances()],
             "start_errors": site.start_errors,
         },
+        "load": {instance_id: gate.figures() for instance_id, gate in site.admission.gates.items()},
+        "front_door": site.door.stats(),
+        "late_answers": site.dispatcher.late,
     }

@@ -16,6 +16,7 @@ from agent.chat import ChatError
 from agent.dispatch import ClientCall, Outcome, canonical_json
 from agent.scopes import Principal
 from api.auth import require
+from api.door import CLOCK_KEY, RequestClock
 from api.errors import ApiError, error_body
 from api.schemas import ERROR_RESPONSES, ServiceRequest, ServiceResponse
 
@@ -97,6 +98,9 @@ async def serve_request(request: Request) -> Response:
     body = await read_body(request)
     site = request.app.state.site
     principal: Principal = request.state.principal
+    clock: RequestClock | None = request.scope["state"].get(CLOCK_KEY)
+    if clock is not None:
+        clock.enter()
     if body.service is None or (body.allow_llm and body.service not in site.services):
         return await _serve_with_llm(body, site, principal)
     call = ClientCall(
@@ -109,6 +113,7 @@ async def serve_request(request: Request) -> Response:
         cache_key=body.cache_key,
         cache_ttl_s=body.cache_ttl_s,
         tenant=principal.tenant,
+        arrived=None if clock is None else clock.arrived,
     )
     outcome = await site.dispatcher.serve(call)
     return render(outcome, site.settings.site_id, uuid.uuid4().hex)

@@ -1,15 +1,19 @@
-"""The dispatcher over real sockets: cache tenancy, coalescing, retry-once and the status mapping."""
+"""The dispatcher over real sockets: cache tenancy, coalescing, retry-once, the status mapping,
+deadlines from arrival and admission before anything is sent."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
+from agent.admission import Admission, AdmissionSettings
 from agent.dispatch import ClientCall, Dispatcher, Outcome, canonical_json, derive_cache_key
+from agent.inflight import LocalLoadCounters
+from agent.upstream import UpstreamPool
 from agent.view import ServiceView, View
 from tests.support.workloads import ScriptedWorkload, StaticRuntime, instance_for
 from tools.cache_manager import CacheManager
@@ -47,9 +51,9 @@ class Rig:
 @pytest.fixture
 async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
     opened: list[ScriptedWorkload] = []
-    clients: list[httpx.AsyncClient] = []
+    pools: list[UpstreamPool] = []
 
-    async def make(healthy: int = 1, dead_first: bool = False, service: str = "svc") -> Rig:
+    async def make(healthy: int = 1, dead_first: bool = False, service: str = "svc", limit: int = 8) -> Rig:
         instances = []
         workloads = []
         if dead_first:
@@ -61,21 +65,17 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
             instances.append(instance_for(workload, service, workload.name))
         runtime = StaticRuntime(instances)
         cache = CacheManager(MemoryCache(1000))
-        client = httpx.AsyncClient()
-        clients.append(client)
+        pool = UpstreamPool()
+        pools.append(pool)
+        admission = Admission(
+            LocalLoadCounters(), AdmissionSettings(max_limit=limit, initial_limit=limit, max_queue=8)
+        )
 
         def view_for(name: str) -> View:
-            return View(
-                "site-t",
-                SERVICES,
-                {name: runtime.ready_instances(name)},
-                dispatcher.outstanding,
-                32,
-                False,
-                1,
-            )
+            ready = runtime.ready_instances(name)
+            return View("site-t", SERVICES, {name: ready}, admission.loads(ready), False, 1)
 
-        dispatcher = Dispatcher(view_for, cache, runtime, RequestLog(), client)
+        dispatcher = Dispatcher(view_for, cache, runtime, RequestLog(), pool, admission)
         return Rig(dispatcher, runtime, cache, workloads)
 
     try:
@@ -83,8 +83,8 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
     finally:
         for workload in opened:
             await workload.__aexit__()
-        for client in clients:
-            await client.aclose()
+        for pool in pools:
+            await pool.close()
 
 
 async def test_a_miss_is_served_then_cached_for_the_same_payload(make_rig) -> None:
@@ -200,10 +200,75 @@ async def test_a_budget_too_tight_for_a_healthy_instance_does_not_take_it_out(ma
     rig = await make_rig(service="plain")
     for _ in range(3):
         assert (await rig.serve({"q": 1}, service="plain")).status == 200
-    outcome = await rig.serve({"mode": "wait", "ms": 50}, service="plain", latency_budget_ms=1)
+    outcome = await rig.serve({"mode": "wait", "ms": 100}, service="plain", latency_budget_ms=10)
     assert outcome.status == 504
     assert rig.runtime.reported == []
     assert (await rig.serve({"q": 2}, service="plain")).status == 200
+
+
+async def test_an_answer_that_comes_after_the_deadline_is_504_never_200(make_rig) -> None:
+    rig = await make_rig(service="plain")
+    outcome = await rig.serve({"mode": "wait", "ms": 300}, service="plain", latency_budget_ms=150)
+    assert outcome.status == 504 and outcome.error is not None
+    assert outcome.error.code == "budget_exceeded"
+    assert outcome.timings_ms["total"] >= 150
+
+
+async def test_a_cacheable_answer_that_comes_too_late_is_504_but_cached_for_the_next_caller(make_rig) -> None:
+    rig = await make_rig()
+    payload = {"mode": "wait", "ms": 300, "q": "slow"}
+    late = await rig.serve(payload, latency_budget_ms=150)
+    assert late.status == 504
+    await _until(lambda: rig.cache.memory.namespaces().get("svc", 0) == 1)
+    again = await rig.serve(payload, latency_budget_ms=150)
+    assert (again.status, again.tier, again.cached) == (200, "cache", True)
+    assert rig.workloads[0].calls == 1
+
+
+async def test_the_budget_runs_from_arrival_so_time_spent_before_the_dispatcher_counts(make_rig) -> None:
+    rig = await make_rig(service="plain")
+    waited = await rig.serve(
+        {"q": 1}, service="plain", latency_budget_ms=50, arrived=time.perf_counter() - 0.2
+    )
+    assert waited.status == 504
+    assert waited.timings_ms["wait"] >= 200
+    assert rig.workloads[0].calls == 0
+
+
+async def test_a_request_predicted_to_miss_its_budget_is_503_without_reaching_the_workload(make_rig) -> None:
+    rig = await make_rig(service="plain")
+    for _ in range(2):  # the instance shows it takes about 150 ms per request
+        assert (await rig.serve({"mode": "wait", "ms": 150}, service="plain")).status == 200
+    calls = rig.workloads[0].calls
+    refused = await rig.serve({"q": 1}, service="plain", latency_budget_ms=50)
+    assert (refused.status, refused.retry_after_s) == (503, 1)
+    assert refused.error is not None and refused.error.code == "no_capacity"
+    assert "within the" in refused.error.message
+    assert rig.workloads[0].calls == calls
+
+
+async def test_a_request_queued_behind_a_full_instance_is_503_when_no_slot_comes_in_time(make_rig) -> None:
+    rig = await make_rig(service="plain", limit=1)
+    held = asyncio.create_task(rig.serve({"mode": "hold"}, service="plain"))
+    await _until(lambda: rig.workloads[0].calls == 1)
+    queued = await rig.serve({"q": 1}, service="plain", latency_budget_ms=100)
+    assert queued.status == 503 and queued.error is not None and "not sent" in queued.error.message
+    assert queued.timings_ms["queue"] > 0
+    assert rig.workloads[0].calls == 1
+    rig.workloads[0].release.set()
+    assert (await held).status == 200
+
+
+async def test_a_queued_request_is_sent_when_the_slot_frees_in_time(make_rig) -> None:
+    rig = await make_rig(service="plain", limit=1)
+    held = asyncio.create_task(rig.serve({"mode": "hold"}, service="plain"))
+    await _until(lambda: rig.workloads[0].calls == 1)
+    queued = asyncio.create_task(rig.serve({"q": 1}, service="plain"))
+    await _until(lambda: rig.dispatcher.admission.gates["plain-1"].queued == 1)
+    rig.workloads[0].release.set()
+    assert (await held).status == 200
+    outcome = await queued
+    assert outcome.status == 200 and "queue" in outcome.timings_ms
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections import Counter
 
 from agent.router import PlanRequest, plan
-from agent.view import ServiceView, View
+from agent.view import LoadFigures, ServiceView, View
 from tools.runtimes.base import Instance
 
 
@@ -24,12 +24,19 @@ def _instance(instance_id: str, gpu: bool = False) -> Instance:
     return Instance(instance_id, service, "127.0.0.1", 1000, "img", gpu, state="running")
 
 
+def _busy(predicted_ms: float) -> LoadFigures:
+    return LoadFigures(predicted_ms=predicted_ms, outstanding=int(predicted_ms))
+
+
+FULL = LoadFigures(predicted_ms=1.0, has_room=False, outstanding=96)
+
+
 def _view(
     instances: list[Instance],
-    outstanding: dict[str, int] | None = None,
+    loads: dict[str, LoadFigures] | None = None,
     gpu_busy: bool = False,
-    capacity: int = 4,
     services: list[ServiceView] | None = None,
+    lag_ms: float = 0.0,
 ) -> View:
     services = services or [_service("infer", gpu=True), _service("sensor", affinity="sensor_id")]
     by_service: dict[str, list[Instance]] = {}
@@ -39,10 +46,10 @@ def _view(
         site_id="site-t",
         services={s.name: s for s in services},
         instances=by_service,
-        outstanding=outstanding or {},
-        instance_capacity=capacity,
+        loads=loads or {},
         gpu_busy=gpu_busy,
         retry_after_s=2,
+        lag_ms=lag_ms,
     )
 
 
@@ -57,12 +64,32 @@ def test_unknown_service_is_rejected_with_404() -> None:
     assert (decision.tier, decision.status) == ("reject", 404)
 
 
-def test_least_outstanding_instance_is_chosen() -> None:
+def test_the_instance_predicted_to_answer_first_is_chosen() -> None:
     view = _view(
         [_instance("sensor-1"), _instance("sensor-2"), _instance("sensor-3")],
-        {"sensor-1": 3, "sensor-2": 1, "sensor-3": 2},
+        {"sensor-1": _busy(3), "sensor-2": _busy(1), "sensor-3": _busy(2)},
     )
     assert plan(PlanRequest("sensor"), view).target == "sensor-2"
+
+
+def test_an_instance_that_cannot_answer_within_the_budget_left_is_not_planned() -> None:
+    view = _view(
+        [_instance("sensor-1"), _instance("sensor-2")], {"sensor-1": _busy(5), "sensor-2": _busy(30)}
+    )
+    assert plan(PlanRequest("sensor", budget_ms=20), view).target == "sensor-1"
+    late = _view([_instance("sensor-1")], {"sensor-1": _busy(30)})
+    decision = plan(PlanRequest("sensor", budget_ms=20), late)
+    assert (decision.tier, decision.status, decision.retry_after_s) == ("reject", 503, 2)
+    assert "within the 20 ms left" in decision.reason and "30 ms" in decision.reason
+
+
+def test_event_loop_lag_counts_against_every_instance() -> None:
+    instances = [_instance("sensor-1")]
+    assert (
+        plan(PlanRequest("sensor", budget_ms=20), _view(instances, {"sensor-1": _busy(12)})).tier == "local"
+    )
+    lagging = _view(instances, {"sensor-1": _busy(12)}, lag_ms=9)
+    assert plan(PlanRequest("sensor", budget_ms=20), lagging).status == 503
 
 
 def test_ties_break_on_instance_id_so_plans_are_deterministic() -> None:
@@ -71,7 +98,7 @@ def test_ties_break_on_instance_id_so_plans_are_deterministic() -> None:
 
 
 def test_gpu_service_prefers_gpu_instance_while_gpu_is_under_threshold() -> None:
-    view = _view([_instance("infer-1"), _instance("infer-2", gpu=True)], {"infer-2": 3})
+    view = _view([_instance("infer-1"), _instance("infer-2", gpu=True)], {"infer-2": _busy(3)})
     assert plan(PlanRequest("infer"), view).target == "infer-2"
 
 
@@ -86,7 +113,7 @@ def test_busy_gpu_still_serves_when_only_gpu_instances_exist() -> None:
 
 
 def test_full_instances_are_skipped() -> None:
-    view = _view([_instance("sensor-1"), _instance("sensor-2")], {"sensor-1": 4, "sensor-2": 4}, capacity=4)
+    view = _view([_instance("sensor-1"), _instance("sensor-2")], {"sensor-1": FULL, "sensor-2": FULL})
     decision = plan(PlanRequest("sensor"), view)
     assert (decision.tier, decision.status, decision.retry_after_s) == ("reject", 503, 2)
     assert "capacity" in decision.reason
@@ -106,7 +133,7 @@ def test_excluded_instance_is_not_planned_again() -> None:
 def test_affinity_key_pins_a_sensor_to_one_instance_and_spreads_sensors() -> None:
     view = _view([_instance("sensor-1"), _instance("sensor-2"), _instance("sensor-3")])
     first = plan(PlanRequest("sensor", affinity="turbine-7"), view).target
-    busy = _view([_instance("sensor-1"), _instance("sensor-2"), _instance("sensor-3")], {first: 3})
+    busy = _view([_instance("sensor-1"), _instance("sensor-2"), _instance("sensor-3")], {first: _busy(3)})
     assert plan(PlanRequest("sensor", affinity="turbine-7"), busy).target == first
     spread = Counter(plan(PlanRequest("sensor", affinity=f"s{i}"), view).target for i in range(300))
     assert set(spread) == {"sensor-1", "sensor-2", "sensor-3"}
@@ -123,5 +150,5 @@ def test_affinity_moves_only_when_pinned_instance_is_full_or_gone() -> None:
         moved = plan(PlanRequest("sensor", affinity=key), without_one).target
         if target != "sensor-3":
             assert moved == target, f"{key} moved from {target} to {moved} though its instance stayed"
-    full = _view(instances, {"sensor-1": 4}, capacity=4)
+    full = _view(instances, {"sensor-1": FULL})
     assert all(plan(PlanRequest("sensor", affinity=k), full).target != "sensor-1" for k in pinned)

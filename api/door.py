@@ -1,0 +1,200 @@
+"""The fast path's front door: each request's clock, and refusal before the body when saturated.
+
+Every `POST /v1/requests` gets a `RequestClock` when its first byte arrives (the HTTP protocol in
+`api.server` stamps it; `ArrivalStamp` does for servers that do not, such as in-process tests): its
+latency budget runs from there, whatever the site does before the dispatcher sees it.
+
+`FrontDoor` decides, from the headers alone, whether the site as a whole can take one more. The
+signal is the **queue before the dispatcher**: how long requests wait between their body having
+arrived and the dispatcher starting on them, i.e. behind other requests for this process's event
+loop. As in CoDel, a burst is a good queue and a standing one is bad: the door looks at the
+*shortest* wait in each `interval_ms`, and only when even that exceeded `queue_target_ms` (or the
+loop lagged more than that) was the queue standing. A limit on how many requests may wait before
+the dispatcher then shrinks by a fifth; after an interval without a standing queue in which the
+limit was in use, it grows by a tenth (additive-increase / multiplicative-decrease, after
+Netflix's `AIMDLimit`, once per interval rather than per request). Above the limit, or above
+`max_inflight` fast-path requests in the process, the answer is a prebuilt 503 with
+`Retry-After`, written by the protocol before the body is read, without a task, a parse or a
+route: rejecting costs far less than serving, so overload cannot starve the admitted requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agent.admission import LoopLag
+from api.errors import error_body
+
+FAST_PATH = "/v1/requests"
+CLOCK_KEY = "clock"
+"""Where a request's `RequestClock` is kept in the ASGI scope's `state` (`request.state.clock`)."""
+DECREASE = 0.8
+INCREASE = 0.1
+
+
+@dataclass(slots=True)
+class RequestClock:
+    """When one request arrived and how far it got through the front door."""
+
+    arrived: float
+    """`perf_counter()` at the request's first byte: its budget runs from here."""
+    door: FrontDoor | None = None
+    received: float = 0.0
+    """When its body had arrived (0 until then: the dispatcher's entry stands in)."""
+    entered: bool = False
+    closed: bool = False
+
+    def enter(self) -> None:
+        """The dispatcher starts on the request: it leaves the queue before the dispatcher."""
+        if self.entered:
+            return
+        self.entered = True
+        if self.door is not None:
+            now = time.perf_counter()
+            self.door.entered((now - (self.received or now)) * 1000)
+
+    def close(self) -> None:
+        """The request is over (whatever happened to it). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.door is not None:
+            self.door.finished(self.entered)
+
+
+@dataclass
+class FrontDoor:
+    """Site-wide admission of fast-path requests, decided before their body is read."""
+
+    lag: LoopLag
+    site_id: str
+    queue_target_ms: float = 5.0
+    max_inflight: int = 4096
+    retry_after_s: int = 1
+    interval_ms: float = 100.0
+    min_limit: int = 4
+    max_limit: int = 1024
+    limit: float = 64.0
+    clock: Callable[[], float] = time.perf_counter
+    waiting: int = 0
+    """Admitted requests the dispatcher has not started on yet."""
+    active: int = 0
+    """Admitted requests not finished yet."""
+    admitted: int = 0
+    refused: int = 0
+    standing: int = 0
+    """Intervals in which the queue before the dispatcher stood above the target."""
+    refusal_body: bytes = field(init=False, repr=False)
+    refusal_keep_alive: bytes = field(init=False, repr=False)
+    refusal_close: bytes = field(init=False, repr=False)
+    _interval_end: float = field(default=0.0, init=False, repr=False)
+    _shortest_ms: float = field(default=math.inf, init=False, repr=False)
+    _most_waiting: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        body = error_body("overloaded", "the site is saturated; retry after the Retry-After delay", None)
+        body["route"] = {"tier": "reject", "site": self.site_id, "target": ""}
+        self.refusal_body = json.dumps(body, separators=(",", ":")).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(self.refusal_body)}\r\nretry-after: {self.retry_after_s}\r\n"
+        )
+        self.refusal_keep_alive = f"{head}\r\n".encode() + self.refusal_body
+        self.refusal_close = f"{head}connection: close\r\n\r\n".encode() + self.refusal_body
+        self._interval_end = self.clock() + self.interval_ms / 1000
+
+    def admit(self, arrived: float) -> RequestClock | None:
+        """A clock for a request that may come in, or None: refuse it now."""
+        if self.waiting >= int(self.limit) or self.active >= self.max_inflight:
+            self.refused += 1
+            return None
+        self.waiting += 1
+        self.active += 1
+        self.admitted += 1
+        if self.waiting > self._most_waiting:
+            self._most_waiting = self.waiting
+        return RequestClock(arrived, self)
+
+    def entered(self, waited_ms: float) -> None:
+        """One request left the queue before the dispatcher after `waited_ms`."""
+        self.waiting -= 1
+        now = self.clock()
+        if now >= self._interval_end:
+            self._adapt()
+            self._interval_end = now + self.interval_ms / 1000
+        if waited_ms < self._shortest_ms:
+            self._shortest_ms = waited_ms
+
+    def _adapt(self) -> None:
+        """Once per interval: shrink the limit behind a standing queue, grow it when it was in use."""
+        if self._shortest_ms != math.inf:
+            if self._shortest_ms > self.queue_target_ms or self.lag.lag_ms > self.queue_target_ms:
+                self.standing += 1
+                self.limit = max(float(self.min_limit), self.limit * DECREASE)
+            elif self._most_waiting * 2 >= self.limit:
+                self.limit = min(float(self.max_limit), self.limit + max(1.0, self.limit * INCREASE))
+        self._shortest_ms = math.inf
+        self._most_waiting = self.waiting
+
+    def finished(self, entered: bool) -> None:
+        if not entered:
+            self.waiting -= 1
+        self.active -= 1
+
+    def stats(self) -> dict[str, float | int]:
+        """The door's state and counters, for /metrics and the snapshot."""
+        return {
+            "limit": int(self.limit),
+            "waiting": self.waiting,
+            "active": self.active,
+            "admitted": self.admitted,
+            "refused": self.refused,
+            "standing_intervals": self.standing,
+            "loop_lag_ms": round(self.lag.lag_ms, 3),
+        }
+
+
+class ArrivalStamp:
+    """Pure ASGI middleware: every fast-path request has a clock and is closed through the door.
+
+    The HTTP protocol of `api.server` stamps the clock at the first byte and refuses at the door
+    itself; under any other server (in-process tests) the clock starts here and a refusal is the
+    same 503.
+    """
+
+    def __init__(self, app: ASGIApp, door: FrontDoor) -> None:
+        self.app = app
+        self.door = door
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != FAST_PATH:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        clock: RequestClock | None = state.get(CLOCK_KEY)
+        if clock is None:
+            clock = self.door.admit(time.perf_counter())
+            if clock is None:
+                await _send_refusal(send, self.door)
+                return
+            state[CLOCK_KEY] = clock
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            clock.close()
+
+
+async def _send_refusal(send: Send, door: FrontDoor) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(door.refusal_body)).encode()),
+        (b"retry-after", str(door.retry_after_s).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": door.refusal_body})
