@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -181,6 +180,11 @@ class InstanceGate:
     @property
     def limit(self) -> int:
         return int(self.limiter.limit)
+
+    @property
+    def idle_here(self) -> bool:
+        """Nothing of this process is in flight or queued at the instance."""
+        return self.local_inflight == 0 and not self._waiters
 
     @property
     def has_room(self) -> bool:
@@ -358,15 +362,27 @@ class LoopLag:
             self.worst_ms = max(self.worst_ms, late_ms)
 
 
+PRUNE_EVERY = 4096
+"""`Admission.loads` calls between two looks for gates of instances that are gone."""
+FORGET_AFTER_S = 60.0
+
+
 @dataclass
 class Admission:
-    """The gates of every instance this process sends to, and the loop's lag."""
+    """The gates of every instance this process sends to, and the loop's lag.
+
+    Gates are made on first sight of an instance and dropped once the instance has not been
+    planned for `FORGET_AFTER_S` and nothing of this process is in flight or queued there, so the
+    table holds only instances that exist.
+    """
 
     counters: LoadCounters
     settings: AdmissionSettings = field(default_factory=AdmissionSettings)
     lag: LoopLag = field(default_factory=LoopLag)
     clock: Clock = time.perf_counter
     gates: dict[str, InstanceGate] = field(default_factory=dict)
+    _seen: dict[str, float] = field(default_factory=dict, repr=False)
+    _calls: int = 0
 
     def gate(self, instance: Instance) -> InstanceGate:
         gate = self.gates.get(instance.id)
@@ -378,24 +394,22 @@ class Admission:
 
     def loads(self, instances: list[Instance]) -> Mapping[str, InstanceGate]:
         """The gates of `instances` (created on first sight); the router reads them."""
-        gates = self.gates
+        gates, seen, now = self.gates, self._seen, self.clock()
         for instance in instances:
             if instance.id not in gates:
                 self.gate(instance)
+            seen[instance.id] = now
+        self._calls += 1
+        if self._calls % PRUNE_EVERY == 0:
+            self._prune(now)
         return gates
 
-    def forget_except(self, live: set[str]) -> None:
-        """Drop the gates of instances that are gone and have nothing in flight from here."""
-        for instance_id in [i for i in self.gates if i not in live]:
-            gate = self.gates[instance_id]
-            if gate.local_inflight == 0 and not gate._waiters:
+    def _prune(self, now: float) -> None:
+        for instance_id, gate in list(self.gates.items()):
+            if gate.idle_here and now - self._seen.get(instance_id, now) > FORGET_AFTER_S:
                 del self.gates[instance_id]
+                self._seen.pop(instance_id, None)
 
     @property
     def lag_ms(self) -> float:
         return self.lag.lag_ms
-
-
-def no_deadline() -> float:
-    """A deadline that never comes (for calls made without a budget)."""
-    return math.inf

@@ -179,6 +179,14 @@ class Site:
             self.cache,
         )
 
+    def admission_report(self) -> dict[str, Any]:
+        """The front door, every instance's gate and the late answers, as plain data."""
+        return {
+            "door": self.door.stats(),
+            "instances": {iid: gate.figures() for iid, gate in self.admission.gates.items()},
+            "late": self.dispatcher.late,
+        }
+
     def overloaded(self) -> bool:
         """Whether the host is too busy to run the local model (the fallback chain then skips it)."""
         host = self.monitor.snapshot.host

@@ -64,6 +64,60 @@ class Exposition:
         return "\n".join(self._lines) + "\n"
 
 
+def _admission(out: Exposition, site: Mapping[str, Any], admission: Mapping[str, Any]) -> None:
+    """The front door, each instance's gate, and answers that came after their budget."""
+    door = admission["door"]
+    out.family(
+        "mec_front_door_refused_total",
+        "counter",
+        "Fast-path requests refused (503) before their body was read: the site was saturated.",
+        [(site, door["refused"])],
+    )
+    out.family(
+        "mec_front_door_limit",
+        "gauge",
+        "Fast-path requests that may wait before the dispatcher (adaptive).",
+        [(site, door["limit"])],
+    )
+    out.family(
+        "mec_front_door_waiting",
+        "gauge",
+        "Fast-path requests waiting before the dispatcher now.",
+        [(site, door["waiting"])],
+    )
+    out.family(
+        "mec_event_loop_lag_seconds",
+        "gauge",
+        "How late the site's event loop runs its timers (smoothed).",
+        [(site, door["loop_lag_ms"] / 1000)],
+    )
+    out.family(
+        "mec_requests_late_total",
+        "counter",
+        "Answers that were ready after the request's budget (sent as 504, never as 200).",
+        [(site, admission["late"])],
+    )
+    gates = sorted(admission["instances"].items())
+    for name, key, kind, help_ in (
+        ("mec_instance_concurrency_limit", "limit", "gauge", "Adaptive concurrency limit of an instance."),
+        ("mec_instance_inflight", "inflight", "gauge", "Requests in flight at an instance."),
+        ("mec_instance_queued", "queued", "gauge", "Requests waiting at the site for an instance."),
+        (
+            "mec_instance_refused_in_queue_total",
+            "refused_in_queue",
+            "counter",
+            "Queued requests refused before being sent: their budget no longer covered the instance's latency.",
+        ),
+    ):
+        out.family(name, kind, help_, (({**site, "instance": iid}, figures[key]) for iid, figures in gates))
+    out.family(
+        "mec_instance_service_seconds",
+        "gauge",
+        "What one more request costs an instance (its recent latency over its concurrency).",
+        (({**site, "instance": iid}, figures["service_ms"] / 1000) for iid, figures in gates),
+    )
+
+
 def render(
     site_id: str,
     snapshot: MetricsSnapshot,
@@ -71,6 +125,7 @@ def render(
     cache_stats: Mapping[str, Any],
     instances: Iterable[Instance],
     chat_turns: Mapping[tuple[str, str], int] | None = None,
+    admission: Mapping[str, Any] | None = None,
 ) -> str:
     """Everything `/metrics` exposes, from data already in memory (no sampling here)."""
     out = Exposition()
@@ -189,6 +244,8 @@ def render(
             for (model, outcome), count in sorted((chat_turns or {}).items())
         ),
     )
+    if admission is not None:
+        _admission(out, site, admission)
     out.family(
         "mec_metrics_sample_seconds",
         "gauge",

@@ -48,6 +48,7 @@ async def metrics(request: Request) -> PlainTextResponse:
         site.cache.stats(),
         site.runtime.instances(),
         site.chat.turns,
+        site.admission_report(),
     )
     return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
 
@@ -69,7 +70,5 @@ async def snapshot(request: Request) -> dict[str, Any]:
             "instances": [i.to_dict() for i in site.runtime.instances()],
             "start_errors": site.start_errors,
         },
-        "load": {instance_id: gate.figures() for instance_id, gate in site.admission.gates.items()},
-        "front_door": site.door.stats(),
-        "late_answers": site.dispatcher.late,
+        "admission": site.admission_report(),
     }

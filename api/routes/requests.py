@@ -102,7 +102,7 @@ async def serve_request(request: Request) -> Response:
     if clock is not None:
         clock.enter()
     if body.service is None or (body.allow_llm and body.service not in site.services):
-        return await _serve_with_llm(body, site, principal)
+        return await _serve_with_llm(body, site, principal, clock)
     call = ClientCall(
         service=body.service,
         payload=body.payload,
@@ -123,8 +123,12 @@ LLM_SERVICE = "(llm)"
 """The name requests served by the agent are counted under in /metrics."""
 
 
-async def _serve_with_llm(body: ServiceRequest, site: Any, principal: Principal) -> Response:
-    """A request the fast path cannot classify, handed to the agent with its own budget (read-only)."""
+async def _serve_with_llm(
+    body: ServiceRequest, site: Any, principal: Principal, clock: RequestClock | None
+) -> Response:
+    """A request the fast path cannot classify, handed to the agent with its own budget (read-only).
+
+    The budget runs from the request's arrival, as on the fast path."""
     if not body.allow_llm:
         raise ApiError(
             400,
@@ -137,11 +141,10 @@ async def _serve_with_llm(body: ServiceRequest, site: Any, principal: Principal)
         raise ApiError(400, "missing_text", "allow_llm needs the question in payload.text", "payload.text")
     budget_ms = min(body.latency_budget_ms or site.settings.llm_budget_ms, site.settings.llm_budget_ms)
     request_id = uuid.uuid4().hex
-    started = time.perf_counter()
+    started = time.perf_counter() if clock is None else clock.arrived
+    left_s = max(0.001, budget_ms / 1000 - (time.perf_counter() - started))
     try:
-        reply = await site.chat.chat(
-            text, principal, timeout_s=budget_ms / 1000, persist=False, read_only=True
-        )
+        reply = await site.chat.chat(text, principal, timeout_s=left_s, persist=False, read_only=True)
     except ChatError as exc:
         total = round((time.perf_counter() - started) * 1000, 3)
         site.monitor.requests.record(LLM_SERVICE, "llm", exc.status, total)

@@ -7,8 +7,17 @@ import time
 
 import pytest
 
-from agent.admission import AdmissionSettings, GradientLimit, InstanceGate, LoopLag
+from agent.admission import (
+    FORGET_AFTER_S,
+    PRUNE_EVERY,
+    Admission,
+    AdmissionSettings,
+    GradientLimit,
+    InstanceGate,
+    LoopLag,
+)
 from agent.inflight import LocalLoadCounters, SharedLoadCounters
+from tools.runtimes.base import Instance
 
 
 class Clock:
@@ -183,6 +192,18 @@ async def test_a_gate_counts_the_requests_other_processes_have_in_flight() -> No
         theirs.close()
     finally:
         table.close()
+
+
+def test_gates_of_instances_no_longer_planned_are_dropped_but_busy_ones_kept() -> None:
+    clock = Clock()
+    admission = Admission(LocalLoadCounters(), clock=clock)
+    old, busy, live = (Instance(i, "svc", "127.0.0.1", 1, "img", False, "running") for i in ("a", "b", "c"))
+    admission.loads([old, busy, live])
+    assert admission.gate(busy).try_acquire()
+    clock.now += FORGET_AFTER_S + 1
+    for _ in range(PRUNE_EVERY):
+        admission.loads([live])
+    assert set(admission.gates) == {"b", "c"}
 
 
 async def test_loop_lag_shows_a_blocked_event_loop() -> None:
