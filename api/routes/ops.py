@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -69,4 +70,5 @@ async def snapshot(request: Request) -> dict[str, Any]:
             "instances": [i.to_dict() for i in site.runtime.instances()],
             "start_errors": site.start_errors,
         },
+        "worker": {"index": site.worker_index, "pid": os.getpid(), "count": site.worker_count},
     }
