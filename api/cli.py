@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
-import json
 import logging
-import os
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from api.app import create_app
 from api.server import build_server
-from api.site import KEYS_FILE, Site, SiteStartError
+from api.serving import (
+    SITE_FILE,
+    announce,
+    configure_logging,
+    remove_site_file,
+    report_start_failure,
+    run_event_loop,
+    run_server,
+)
+from api.site import Site, SiteStartError
 from config.settings import Settings, load_settings
 
 log = logging.getLogger("mec")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="YAML settings file (env MEC_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        help="front-door processes sharing the port; with 2 or more, a supervisor process owns the "
+        "services and restarts workers that die (env MEC_WORKERS; default: half the CPU cores this "
+        "process may use, 1 to 8, so 1 on a 2-core machine)",
+    )
     serve.add_argument(
         "--allow-degraded",
         action="store_const",
@@ -55,25 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-SITE_FILE = "site.json"
-"""Written to the data dir by a serving site (its URL and pid); `mec chat` finds the site by it."""
-
-
-def _write_site_file(data_dir: Path, url: str, site_id: str) -> Path:
-    path = data_dir / SITE_FILE
-    path.write_text(json.dumps({"url": url, "pid": os.getpid(), "site_id": site_id}))
-    return path
-
-
-def _remove_site_file(path: Path) -> None:
-    try:
-        if json.loads(path.read_text()).get("pid") == os.getpid():
-            path.unlink()
-    except (OSError, ValueError):
-        pass
-
-
 async def _serve(settings: Settings, log_level: str) -> int:
+    """One process: the site's runtime, its services and the HTTP server (`--workers 1`)."""
     # SIGINT/SIGTERM while the services start: stop them and exit (uvicorn handles the signals
     # itself once it serves).
     loop = asyncio.get_running_loop()
@@ -85,9 +86,7 @@ async def _serve(settings: Settings, log_level: str) -> int:
     try:
         await site.start()
     except SiteStartError as exc:
-        print(f"mec serve: site {settings.site_id} cannot start: {exc}", file=sys.stderr, flush=True)
-        if not settings.allow_degraded:
-            print("(fix the cause, or pass --allow-degraded to serve without it)", file=sys.stderr)
+        report_start_failure(settings, exc)
         return 1
     except asyncio.CancelledError:
         await site.stop()
@@ -97,51 +96,23 @@ async def _serve(settings: Settings, log_level: str) -> int:
             loop.remove_signal_handler(sig)
     app = create_app(settings, site)
     server = build_server(app, settings, log_level, door=site.door)
-    task = asyncio.create_task(server.serve())
     site_file: Path | None = None
+
+    def listening(port: int) -> None:
+        nonlocal site_file
+        url = f"http://{settings.host}:{port}"
+        missing = site.unready_services()
+        site_file = announce(settings, url, site.generated_keys, missing, site.start_errors)
+
     try:
-        while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn exposes only a flag)
-            await asyncio.sleep(0.02)
-        if not server.started:
-            with contextlib.suppress(SystemExit):
-                await task
+        if not await run_server(server, listening):
             print(f"mec serve: could not listen on {settings.host}:{settings.port}", file=sys.stderr)
             return 1
-        # Everything imported and built so far lives as long as the process: keep it out of the
-        # collector's full passes, which otherwise pause the loop for 40-70 ms.
-        gc.collect()
-        gc.freeze()
-        port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://{settings.host}:{port}"
-        if site.generated_keys:
-            print(f"client key:   {site.generated_keys['client']}", flush=True)
-            print(f"operator key: {site.generated_keys['operator']}", flush=True)
-            print(f"(keys kept in {settings.data_dir / KEYS_FILE}, mode 0600)", flush=True)
-        site_file = _write_site_file(settings.data_dir, url, settings.site_id)
-        missing = site.unready_services()
-        if missing:
-            reasons = "; ".join(
-                f"{name}: {site.start_errors.get(name, 'no ready instance')}" for name in missing
-            )
-            print(f"degraded: {reasons}", flush=True)
-            print(f"degraded on {url}", flush=True)
-        else:
-            print(f"ready on {url}", flush=True)
-        await task
         return 0
     finally:
         if site_file is not None:
-            _remove_site_file(site_file)
+            remove_site_file(site_file)
         await site.stop()
-
-
-def _run_event_loop(main: Coroutine[None, None, int]) -> int:
-    """Run on uvloop when it is installed (uvicorn[standard] brings it), else on asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -170,22 +141,27 @@ def _chat(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, getattr(args, "log_level", "info").upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(getattr(args, "log_level", "info"))
     if args.command == "serve":
         try:
             settings = load_settings(
-                args.config, host=args.host, port=args.port, allow_degraded=args.allow_degraded
+                args.config,
+                host=args.host,
+                port=args.port,
+                allow_degraded=args.allow_degraded,
+                workers=args.workers,
             )
         except (ValidationError, ValueError) as exc:
             print(f"mec: invalid settings: {exc}", file=sys.stderr)
             return 2
+        if settings.workers > 1:
+            from api.supervisor import serve_with_workers
+
+            main_task = serve_with_workers(settings, args.log_level)
+        else:
+            main_task = _serve(settings, args.log_level)
         try:
-            return _run_event_loop(_serve(settings, args.log_level))
+            return run_event_loop(main_task)
         except KeyboardInterrupt:
             return 130
     if args.command == "chat":

@@ -35,8 +35,9 @@ from tools.runtimes.base import Runtime, RuntimeError_, WorkloadSpec
 log = logging.getLogger(__name__)
 
 
-def build_runtime(settings: Settings, gpu_available: bool) -> Runtime:
-    specs = {
+def workload_specs(settings: Settings) -> dict[str, WorkloadSpec]:
+    """What the runtime needs to run each configured service."""
+    return {
         name: WorkloadSpec(
             name=name,
             module=svc.module,
@@ -48,6 +49,11 @@ def build_runtime(settings: Settings, gpu_available: bool) -> Runtime:
         )
         for name, svc in settings.services.items()
     }
+
+
+def build_runtime(settings: Settings, gpu_available: bool) -> Runtime:
+    """The configured runtime (`local` or `docker`), not yet opened."""
+    specs = workload_specs(settings)
     allowlist = set(settings.image_allowlist)
     if settings.runtime == "docker":
         from tools.runtimes.docker import DockerRuntime
@@ -79,6 +85,53 @@ class SiteStartError(Exception):
     """The site cannot start serving as configured; the message says which part failed and why."""
 
 
+async def open_runtime(runtime: Runtime) -> None:
+    """Connect the runtime to what it drives; `SiteStartError` when that cannot be reached."""
+    try:
+        await runtime.open()
+    except RuntimeError_ as exc:
+        raise SiteStartError(f"runtime {runtime.name!r} is not usable: {exc}") from exc
+
+
+async def start_services(settings: Settings, runtime: Runtime) -> dict[str, str]:
+    """Open the runtime and scale every service to its replicas; the start error of each service
+    that failed, by name.
+
+    Raises `SiteStartError` when the runtime cannot be reached, or when a service that should run
+    has no ready instance (unless `allow_degraded`). The caller closes the runtime after a failure.
+    """
+    await open_runtime(runtime)
+    results = await asyncio.gather(
+        *(runtime.scale(name, svc.replicas) for name, svc in settings.services.items()),
+        return_exceptions=True,
+    )
+    errors: dict[str, str] = {}
+    for name, result in zip(settings.services, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, RuntimeError_ | OSError):
+                raise result
+            errors[name] = str(result)
+            log.error("service %s did not start: %s", name, result)
+    missing = unready_services(settings, runtime)
+    if missing and not settings.allow_degraded:
+        raise SiteStartError(
+            "; ".join(
+                f"service {name} has no ready instance: {errors.get(name, 'no instance started')}"
+                for name in missing
+            )
+        )
+    return errors
+
+
+def unready_services(settings: Settings, runtime: Runtime) -> list[str]:
+    """Services configured with replicas that have no ready instance now."""
+    return [
+        name
+        for name, svc in settings.services.items()
+        if svc.replicas > 0 and not runtime.ready_instances(name)
+    ]
+
+
 def _write_private(path: Path, data: dict[str, str]) -> None:
     """Write JSON readable by the owner only, whatever mode the file had before."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -101,7 +154,7 @@ def _stored_keys(path: Path) -> dict[str, str] | None:
     return {scope: str(key) for scope, key in pair.items()}
 
 
-def _keys(settings: Settings) -> tuple[KeyRing, dict[str, str]]:
+def resolve_keys(settings: Settings) -> tuple[KeyRing, dict[str, str]]:
     """The key ring. With no key configured, the site uses one client and one operator key of its
     own: generated once per data dir, kept in `api-keys.json` (0600) and reused on later starts."""
     client_keys, operator_keys = list(settings.client_keys), list(settings.operator_keys)
@@ -136,6 +189,9 @@ class Site:
     start_errors: dict[str, str] = field(default_factory=dict)
     started: bool = False
     stopped: bool = False
+    worker_index: int = 0
+    """Which front-door process of the site this is (`mec serve --workers N`), and of how many."""
+    worker_count: int = 1
 
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(
@@ -183,7 +239,7 @@ class Site:
         """The front door, every instance's gate and the late answers, as plain data."""
         return {
             "door": self.door.stats(),
-            "instances": {iid: gate.figures() for iid, gate in self.admission.gates.items()},
+            "instances": {i.id: self.admission.gate(i).figures() for i in self.runtime.instances()},
             "late": self.dispatcher.late,
         }
 
@@ -197,9 +253,10 @@ class Site:
         cls, settings: Settings, runtime: Runtime | None = None, counters: LoadCounters | None = None
     ) -> Site:
         """Wire a site from its settings; `runtime` replaces the configured one (tests, embedding,
-        front-door workers), `counters` the process's own load counters (workers share theirs)."""
+        a front-door worker's `RemoteRuntime`), `counters` the load counters (a worker's shared ones;
+        default: this process's own)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        keys, generated = _keys(settings)
+        keys, generated = resolve_keys(settings)
         gpu = GpuProbe()
         runtime = runtime or build_runtime(settings, gpu.available)
         redis = (
@@ -279,6 +336,8 @@ class Site:
     async def start(self) -> None:
         """Connect the cache and the runtime, start every service's replicas, start sampling.
 
+        Over a runtime another process owns (`owns_instances` false: a worker of `mec serve
+        --workers N`) it only connects; the owner started the services and judged them.
         Raises `SiteStartError` when the runtime cannot be reached, or when a service that should
         run has no ready instance (unless `allow_degraded`, which starts anyway and reports it).
         A dead Redis is never fatal: the site serves from memory and reconnects by itself.
@@ -288,41 +347,21 @@ class Site:
         if self.stopped:
             raise SiteStartError("this site was stopped; build a new one")
         try:
-            await self.runtime.open()
-        except RuntimeError_ as exc:
+            if self.runtime.owns_instances:
+                self.start_errors = await start_services(self.settings, self.runtime)
+            else:  # another process (the supervisor of `mec serve --workers N`) runs the services
+                await open_runtime(self.runtime)
+        except BaseException:
             await self.stop()
-            raise SiteStartError(f"runtime {self.runtime.name!r} is not usable: {exc}") from exc
+            raise
         await self.cache.open()
-        results = await asyncio.gather(
-            *(self.runtime.scale(name, svc.replicas) for name, svc in self.settings.services.items()),
-            return_exceptions=True,
-        )
-        for name, result in zip(self.settings.services, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, RuntimeError_ | OSError):
-                    raise result
-                self.start_errors[name] = str(result)
-                log.error("service %s did not start: %s", name, result)
-        missing = self.unready_services()
-        if missing and not self.settings.allow_degraded:
-            await self.stop()
-            raise SiteStartError(
-                "; ".join(
-                    f"service {name} has no ready instance: {self.start_errors.get(name, 'no instance started')}"
-                    for name in missing
-                )
-            )
         await self.sampler.start()
         self.admission.lag.start()
         self.started = True
 
     def unready_services(self) -> list[str]:
         """Services configured with replicas that have no ready instance now."""
-        return [
-            name
-            for name, svc in self.settings.services.items()
-            if svc.replicas > 0 and not self.runtime.ready_instances(name)
-        ]
+        return unready_services(self.settings, self.runtime)
 
     async def stop(self) -> None:
         """Stop sampling, the instances, the HTTP pool and the cache. Safe to call more than once,

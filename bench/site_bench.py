@@ -348,14 +348,17 @@ def _pump_lines(stream: Any, lines: queue.Queue[str]) -> None:
 
 
 def spawn_site(
-    children: Children, workdir: Path, extra_env: dict[str, str] | None = None
+    children: Children,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> tuple[Server, queue.Queue[str]]:
     client_key = f"bench_client_{secrets.token_urlsafe(18)}"
     operator_key = f"bench_operator_{secrets.token_urlsafe(18)}"
     with (workdir / "site.stderr").open("wb") as stderr:
         proc = children.spawn(
             "site",
-            _site_command(),
+            command or _site_command(),
             cwd=REPO_DIR,
             env=_site_env(workdir / "data", client_key, operator_key) | (extra_env or {}),
             stdout=subprocess.PIPE,

@@ -60,6 +60,16 @@ class ServiceSettings(BaseModel):
         return self
 
 
+def default_workers() -> int:
+    """Front-door processes for an edge site by default: half the cores this process may run on,
+    1 to 8 (so 1 on a 2-core box, where the workloads need the other core)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores // 2))
+
+
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in top.items():
@@ -121,6 +131,13 @@ class Settings(BaseSettings):
 
     allow_degraded: bool = Field(
         default=False, description="Start even when a service has no ready instance (and say so)."
+    )
+    workers: int = Field(
+        default_factory=default_workers,
+        ge=1,
+        le=64,
+        description="Front-door processes sharing the API port (one supervisor owns the runtime); "
+        "default: half the cores, 1 to 8.",
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_connections: int = Field(

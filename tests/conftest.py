@@ -132,6 +132,7 @@ class SiteProcess:
             "MEC_CLIENT_KEYS": CLIENT_KEY,
             "MEC_OPERATOR_KEYS": OPERATOR_KEY,
             "MEC_SUPERVISE_INTERVAL_S": "0.3",
+            "MEC_WORKERS": "1",  # one process whatever the machine's cores; tests ask for more
             **(env or {}),
         }
         self.args = args or []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -71,4 +72,5 @@ async def snapshot(request: Request) -> dict[str, Any]:
             "start_errors": site.start_errors,
         },
         "admission": site.admission_report(),
+        "worker": {"index": site.worker_index, "pid": os.getpid(), "count": site.worker_count},
     }

@@ -7,7 +7,10 @@ fast path reads `ready_instances()` (a cheap in-memory read); everything else is
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -122,6 +125,13 @@ def workload_environment(extra: Mapping[str, str], parent: Mapping[str, str] | N
     return {**{name: source[name] for name in WORKLOAD_ENV_PASSTHROUGH if name in source}, **extra}
 
 
+def die_with_parent() -> None:
+    """Run in a child before exec (`preexec_fn`): ask the kernel to send it SIGTERM when the
+    process that started it dies (Linux `PR_SET_PDEATHSIG`; elsewhere nothing happens)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -138,6 +148,9 @@ class Runtime(ABC):
     """
 
     name: str
+    owns_instances: bool = True
+    """False for a view of a runtime that another process owns (`RemoteRuntime`): whoever uses it
+    neither starts the configured services nor stops them when it closes."""
 
     def __init__(self, specs: dict[str, WorkloadSpec], image_allowlist: set[str], site_id: str) -> None:
         self.specs = dict(specs)

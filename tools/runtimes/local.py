@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import signal
 import sys
 import time
 from collections import deque
@@ -30,6 +28,7 @@ from tools.runtimes.base import (
     StartError,
     UnknownInstanceError,
     WorkloadSpec,
+    die_with_parent,
     free_port,
     workload_environment,
 )
@@ -38,12 +37,6 @@ log = logging.getLogger(__name__)
 
 LOG_LINES = 1000
 UNHEALTHY_AFTER = 3
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask the kernel for SIGTERM when the site process dies."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -142,7 +135,7 @@ class LocalRuntime(Runtime):
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         managed.process = process
         managed.probe = None

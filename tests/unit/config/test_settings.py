@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,16 @@ def test_model_fallback_entries_must_name_a_known_kind(monkeypatch: pytest.Monke
     monkeypatch.setenv("MEC_MODEL_FALLBACK", "bedrok")
     with pytest.raises(ValidationError, match="bedrok"):
         load_settings()
+
+
+def test_workers_default_to_half_the_usable_cores_and_come_from_env_or_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MEC_WORKERS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert load_settings().workers == max(1, min(8, cores // 2))
+    monkeypatch.setenv("MEC_WORKERS", "3")
+    assert load_settings().workers == 3
+    assert load_settings(workers=2).workers == 2
+    with pytest.raises(ValidationError):
+        load_settings(workers=0)

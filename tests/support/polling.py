@@ -1,0 +1,32 @@
+"""Waiting for a condition in tests: poll it until a deadline, never a fixed sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+INTERVAL_S = 0.02
+
+
+def until(predicate: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
+    """The first truthy value of `predicate()`; AssertionError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(INTERVAL_S)
+    raise AssertionError(f"not within {timeout_s:g} s: {what}")
+
+
+async def eventually(predicate: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:
+    """`until` for a test on the event loop: sleeps without blocking it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(INTERVAL_S)
+    raise AssertionError(f"not within {timeout_s:g} s: {what}")
