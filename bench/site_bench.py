@@ -351,14 +351,15 @@ def spawn_site(
     children: Children,
     workdir: Path,
     extra_env: dict[str, str] | None = None,
-    command: list[str] | None = None,
+    command: Sequence[str] | None = None,
 ) -> tuple[Server, queue.Queue[str]]:
+    """Start `mec serve` (or `command`) with generated keys in a fresh data dir under `workdir`."""
     client_key = f"bench_client_{secrets.token_urlsafe(18)}"
     operator_key = f"bench_operator_{secrets.token_urlsafe(18)}"
     with (workdir / "site.stderr").open("wb") as stderr:
         proc = children.spawn(
             "site",
-            command or _site_command(),
+            list(command) if command is not None else _site_command(),
             cwd=REPO_DIR,
             env=_site_env(workdir / "data", client_key, operator_key) | (extra_env or {}),
             stdout=subprocess.PIPE,
@@ -511,15 +512,22 @@ class CpuMeter:
         if result.requests:
             result.server_cpu_us_per_request = round(result.server_cpu_s * 1e6 / result.requests, 1)
         ours = sum(_cpu_s(proc) for proc in self.resident) + _own_reaped_cpu_s() - self.ours0
-        machine = psutil.cpu_times()
-        total = sum(machine) - sum(self.machine0)
-        idle = (machine.idle + machine.iowait) - (self.machine0.idle + self.machine0.iowait)
-        # interrupt time is not charged to any process; on loopback it is mostly the bench's own
-        softirq = (machine.irq + machine.softirq) - (self.machine0.irq + self.machine0.softirq)
-        if total > 0:
-            result.machine_busy_pct = round(100 * (1 - idle / total), 1)
-            result.other_busy_pct = round(max(0.0, 100 * (total - idle - softirq - ours) / total), 1)
+        result.machine_busy_pct, result.other_busy_pct = busy_shares(self.machine0, ours)
         return result
+
+
+def busy_shares(machine0: Any, ours_s: float) -> tuple[float, float]:
+    """Since `machine0` (a `psutil.cpu_times()`): how busy the machine was, in % of all its cores,
+    and the % that went to processes outside the bench (`ours_s`: the bench's CPU seconds)."""
+    machine = psutil.cpu_times()
+    total = sum(machine) - sum(machine0)
+    if total <= 0:
+        return 0.0, 0.0
+    idle = (machine.idle + machine.iowait) - (machine0.idle + machine0.iowait)
+    # interrupt time is not charged to any process; on loopback it is mostly the bench's own
+    softirq = (machine.irq + machine.softirq) - (machine0.irq + machine0.softirq)
+    others = max(0.0, 100 * (total - idle - softirq - ours_s) / total)
+    return round(100 * (1 - idle / total), 1), round(others, 1)
 
 
 def _loadgen_args(job: Job, mode: str, connections: int, duration: float, start_at: float) -> list[str]:
