@@ -213,13 +213,17 @@ class InstanceGate:
         self._take()
         return True
 
+    @property
+    def queue_full(self) -> bool:
+        return len(self._waiters) >= self.settings.max_queue
+
     async def acquire(self, deadline: float) -> bool:
         """Wait in the queue for a slot; False when none comes in time (or the queue is full).
 
         `deadline` is the request's (`perf_counter` seconds); the request leaves the queue when
         what is left of it no longer covers the instance's latency.
         """
-        if len(self._waiters) >= self.settings.max_queue:
+        if self.queue_full:
             return False
         now = self.clock()
         waiter = _Waiter(asyncio.get_running_loop().create_future(), deadline, now)

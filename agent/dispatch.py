@@ -204,12 +204,14 @@ class Dispatcher:
             )
 
         budget_ms = call.latency_budget_ms or service.default_budget_ms
-        deadline = arrived + budget_ms / 1000
+        # The request may have waited unseen in socket buffers before the loop read it, about as
+        # long as the loop runs late: that much of the budget is already gone.
+        deadline = arrived + (budget_ms - self.admission.lag_ms) / 1000
         if entered >= deadline:
             error = ErrorInfo(
                 "budget_exceeded",
-                f"the {budget_ms} ms budget ran out while the request waited {_ms(arrived, entered)} ms "
-                "at the site before the dispatcher",
+                f"the {budget_ms} ms budget was gone before the dispatcher started: the request waited "
+                f"{_ms(arrived, entered)} ms at the site, whose event loop runs {self.admission.lag_ms:.1f} ms late",
             )
             return self._finish(
                 arrived, deadline, timings, Outcome(504, service.name, "reject", "", error=error)
@@ -341,11 +343,13 @@ class Dispatcher:
             assert instance is not None
             gate = self.admission.gate(instance)
             if not gate.try_acquire():
+                if gate.queue_full:
+                    return self._no_slot(service.name, instance.id, view.retry_after_s)
                 queued = time.perf_counter()
                 granted = await gate.acquire(deadline)
-                timings["queue"] = _ms(queued, time.perf_counter())
+                waited = timings["queue"] = _ms(queued, time.perf_counter())
                 if not granted:
-                    return self._no_slot(service.name, instance.id, view.retry_after_s)
+                    return self._queued_out(service.name, instance.id, waited)
             now = time.perf_counter()
             if now >= deadline:
                 gate.release(None, 0)
@@ -459,9 +463,19 @@ class Dispatcher:
     @staticmethod
     def _no_slot(service: str, target: str, retry_after_s: int) -> Outcome:
         error = ErrorInfo(
-            "no_capacity", f"instance {target} of {service} had no free slot in time for the budget; not sent"
+            "no_capacity", f"instance {target} of {service} is full and so is its queue; not sent"
         )
         return Outcome(503, service, "reject", "", error=error, retry_after_s=retry_after_s)
+
+    @staticmethod
+    def _queued_out(service: str, target: str, waited_ms: float) -> Outcome:
+        """A request that waited for a slot and got none its budget could still use: never sent."""
+        error = ErrorInfo(
+            "budget_exceeded",
+            f"waited {waited_ms} ms for a free slot of {target} and none came while the budget could "
+            "still cover it; not sent",
+        )
+        return Outcome(504, service, "reject", "", error=error)
 
     @staticmethod
     def _reject(service: str, decision: Plan) -> Outcome:

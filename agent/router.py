@@ -69,12 +69,12 @@ def plan(request: PlanRequest, view: View) -> Plan:
         return CACHE_HIT
 
     ready = [inst for inst in view.instances.get(service.name, ()) if inst.id not in request.exclude]
-    loads, lag_ms = view.loads, view.lag_ms
+    loads = view.loads
     predicted: dict[str, float] = {}
     for inst in ready:
         load = loads.get(inst.id, IDLE)
         if load.has_room:
-            predicted[inst.id] = lag_ms + load.predicted_ms
+            predicted[inst.id] = load.predicted_ms
     if not predicted:
         why = "every local instance is at capacity" if ready else "no ready local instance"
         return _no_capacity(view, f"{why} of {service.name} and no peer or cloud is configured")

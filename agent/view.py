@@ -60,8 +60,7 @@ class View:
     """One consistent read of the site: services, ready instances, their load, GPU pressure.
 
     `instances` holds only instances that passed their health check; `loads` maps instance ids
-    to their live load (an instance missing from it is idle); `lag_ms` is how late this
-    process's event loop runs, added to every prediction.
+    to their live load (an instance missing from it is idle).
     """
 
     site_id: str
@@ -70,4 +69,3 @@ class View:
     loads: Mapping[str, InstanceLoad]
     gpu_busy: bool
     retry_after_s: int
-    lag_ms: float = 0.0

@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.door import ArrivalStamp
 from api.errors import error_response, install_error_handlers
+from api.fastlane import FastLane
 from api.routes import chat, ops, requests, services
 from api.schemas import ServiceRequest
 from api.site import Site
@@ -141,6 +141,9 @@ def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
         summary="One MEC site: a deterministic fast path for clients, tools for operators.",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=None
+        if settings.http_telemetry
+        else {"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.site = site
     app.openapi = lambda: _openapi_with_request_body(app)  # type: ignore[method-assign]
@@ -151,5 +154,6 @@ def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(ArrivalStamp, door=site.door)  # outermost: the clock starts first
+    # Outermost: the clock starts first, and the fast path skips the layers below (api.fastlane).
+    app.add_middleware(FastLane, site=site, max_body_bytes=settings.max_body_bytes)
     return app

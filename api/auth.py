@@ -58,7 +58,14 @@ def authenticate(request: Request) -> Principal | None:
 
     A malformed header or an unknown key is a 401 (`ApiError`).
     """
-    header = request.headers.get("authorization")
+    return bearer_principal(request.app.state.keys, request.headers.get("authorization"))
+
+
+def bearer_principal(keys: KeyRing, header: str | None) -> Principal | None:
+    """The principal of an `Authorization: Bearer KEY` header value; None without one.
+
+    A malformed header or an unknown key is a 401 (`ApiError`).
+    """
     if not header:
         return None
     kind, _, key = header.partition(" ")
@@ -66,7 +73,6 @@ def authenticate(request: Request) -> Principal | None:
         raise ApiError(
             401, "invalid_key", "the Authorization header must be 'Bearer <key>'", "authorization", _BEARER
         )
-    keys: KeyRing = request.app.state.keys
     principal = keys.principal(key.strip())
     if principal is None:
         raise ApiError(401, "invalid_key", "unknown API key", "authorization", _BEARER)

@@ -1,8 +1,8 @@
 """The fast path's front door: each request's clock, and refusal before the body when saturated.
 
 Every `POST /v1/requests` gets a `RequestClock` when its first byte arrives (the HTTP protocol in
-`api.server` stamps it; `ArrivalStamp` does for servers that do not, such as in-process tests): its
-latency budget runs from there, whatever the site does before the dispatcher sees it.
+`api.server` stamps it; `api.fastlane` does under servers that do not, such as in-process tests):
+its latency budget runs from there, whatever the site does before the dispatcher sees it.
 
 `FrontDoor` decides, from the headers alone, whether the site as a whole can take one more. The
 signal is the **queue before the dispatcher**: how long requests wait between their body having
@@ -25,8 +25,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.admission import LoopLag
 from api.errors import error_body
@@ -74,7 +72,7 @@ class FrontDoor:
 
     lag: LoopLag
     site_id: str
-    queue_target_ms: float = 5.0
+    queue_target_ms: float = 2.0
     max_inflight: int = 4096
     retry_after_s: int = 1
     interval_ms: float = 100.0
@@ -158,43 +156,3 @@ class FrontDoor:
             "standing_intervals": self.standing,
             "loop_lag_ms": round(self.lag.lag_ms, 3),
         }
-
-
-class ArrivalStamp:
-    """Pure ASGI middleware: every fast-path request has a clock and is closed through the door.
-
-    The HTTP protocol of `api.server` stamps the clock at the first byte and refuses at the door
-    itself; under any other server (in-process tests) the clock starts here and a refusal is the
-    same 503.
-    """
-
-    def __init__(self, app: ASGIApp, door: FrontDoor) -> None:
-        self.app = app
-        self.door = door
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != FAST_PATH:
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        clock: RequestClock | None = state.get(CLOCK_KEY)
-        if clock is None:
-            clock = self.door.admit(time.perf_counter())
-            if clock is None:
-                await _send_refusal(send, self.door)
-                return
-            state[CLOCK_KEY] = clock
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            clock.close()
-
-
-async def _send_refusal(send: Send, door: FrontDoor) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(door.refusal_body)).encode()),
-        (b"retry-after", str(door.retry_after_s).encode()),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": door.refusal_body})

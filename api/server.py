@@ -524,6 +524,7 @@ def build_server(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         http=guard.protocol_class(door),
         ws="none",  # the API has no WebSocket routes; an upgraded connection would leave the guard
+        proxy_headers=False,  # clients reach the site directly; nothing trusts X-Forwarded-For
         backlog=backlog,
     )
     return GuardedServer(config, guard)

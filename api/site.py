@@ -330,7 +330,6 @@ class Site:
             loads=self.admission.loads(ready),
             gpu_busy=gpu_util is not None and gpu_util >= self.settings.gpu_busy_pct,
             retry_after_s=self.settings.retry_after_s,
-            lag_ms=self.admission.lag.lag_ms,
         )
 
     async def start(self) -> None:

@@ -181,7 +181,7 @@ def realistic_view() -> View:
     outstanding = {"inference-1": 3, "inference-2": 1, "inference-3": 0, "sensor-1": 2, "sensor-3": 5}
     outstanding |= {"game-state-1": 1, "game-state-2": 4}
     loads = {iid: LoadFigures(predicted_ms=n * 0.5, outstanding=n) for iid, n in outstanding.items()}
-    return View("site-1", services, instances, loads, False, 1, lag_ms=0.2)
+    return View("site-1", services, instances, loads, False, 1)
 
 
 def plan_requests() -> list[tuple[str, PlanRequest]]:

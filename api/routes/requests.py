@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import secrets
 import time
-import uuid
+from collections.abc import Container
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -20,47 +22,108 @@ from api.door import CLOCK_KEY, RequestClock
 from api.errors import ApiError, error_body
 from api.schemas import ERROR_RESPONSES, ServiceRequest, ServiceResponse
 
-_COMPACT = (",", ":")
-
 router = APIRouter(prefix="/v1", tags=["requests"], dependencies=[Depends(require("requests.serve"))])
 
+_JSON = b"application/json"
+_ROUTES: dict[tuple[str, str, str], bytes] = {}
+"""`route` objects already rendered, by (tier, site, target): a handful per site (bounded below)."""
+_ROUTES_MAX = 4096
+_REQUEST_IDS = itertools.count()
+_REQUEST_ID_PREFIX = secrets.token_hex(8)
 
-def _server_timing(timings: dict[str, float]) -> str:
-    return ", ".join(f"{stage};dur={ms}" for stage, ms in timings.items())
+
+def new_request_id() -> str:
+    """A request id unique to this process run (a random prefix and a counter): 32 hex digits."""
+    return f"{_REQUEST_ID_PREFIX}{next(_REQUEST_IDS):016x}"
 
 
-def render(outcome: Outcome, site_id: str, request_id: str) -> Response:
-    """The response body, with the result spliced in as the raw JSON the service produced."""
-    headers = {"Server-Timing": _server_timing(outcome.timings_ms), "X-Request-Id": request_id}
+def _route_json(tier: str, site_id: str, target: str) -> bytes:
+    key = (tier, site_id, target)
+    found = _ROUTES.get(key)
+    if found is None:
+        found = json.dumps({"tier": tier, "site": site_id, "target": target}, separators=(",", ":")).encode()
+        if len(_ROUTES) < _ROUTES_MAX:
+            _ROUTES[key] = found
+    return found
+
+
+def _timings_json(timings: dict[str, float]) -> bytes:
+    return ("{" + ",".join(f'"{stage}":{ms!r}' for stage, ms in timings.items()) + "}").encode()
+
+
+def render_outcome(
+    outcome: Outcome, site_id: str, request_id: str
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of the answer to one request (the route's and the fast lane's).
+
+    A result is spliced in as the raw JSON the service produced.
+    """
+    timings = outcome.timings_ms
+    headers = [
+        (b"content-type", _JSON),
+        (b"server-timing", ", ".join(f"{stage};dur={ms}" for stage, ms in timings.items()).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    route = _route_json(outcome.tier, site_id, outcome.target)
     if outcome.error is not None or outcome.result_json is None:
         error = outcome.error
         body = (
             error_body(error.code, error.message, error.field) if error else error_body("failed", "no result")
         )
-        body["route"] = {"tier": outcome.tier, "site": site_id, "target": outcome.target}
-        body["request_id"] = request_id
+        error_json = json.dumps(body, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
+        content = b"".join((error_json, b',"route":', route, b',"request_id":"', request_id.encode(), b'"}'))
         if outcome.retry_after_s is not None:
-            headers["Retry-After"] = str(outcome.retry_after_s)
-        return JSONResponse(body, status_code=outcome.status, headers=headers)
-    route = json.dumps({"tier": outcome.tier, "site": site_id, "target": outcome.target}, separators=_COMPACT)
-    content = b"".join(
-        (
-            b'{"request_id":"',
-            request_id.encode(),
-            b'","service":',
-            json.dumps(outcome.service).encode(),
-            b',"result":',
-            outcome.result_json,
-            b',"route":',
-            route.encode(),
-            b',"cached":',
-            b"true" if outcome.cached else b"false",
-            b',"timings":',
-            json.dumps(outcome.timings_ms, separators=_COMPACT).encode(),
-            b"}",
+            headers.append((b"retry-after", str(outcome.retry_after_s).encode()))
+    else:
+        content = b"".join(
+            (
+                b'{"request_id":"',
+                request_id.encode(),
+                b'","service":',
+                json.dumps(outcome.service).encode(),
+                b',"result":',
+                outcome.result_json,
+                b',"route":',
+                route,
+                b',"cached":',
+                b"true" if outcome.cached else b"false",
+                b',"timings":',
+                _timings_json(timings),
+                b"}",
+            )
         )
+    headers.append((b"content-length", str(len(content)).encode()))
+    return outcome.status, headers, content
+
+
+def render(outcome: Outcome, site_id: str, request_id: str) -> Response:
+    """`render_outcome` as a Starlette response."""
+    status, headers, content = render_outcome(outcome, site_id, request_id)
+    response = Response(content, status_code=status)
+    response.raw_headers = headers
+    return response
+
+
+def client_call(body: ServiceRequest, principal: Principal, clock: RequestClock | None) -> ClientCall:
+    """The dispatcher's view of a validated request that names a service."""
+    assert body.service is not None
+    return ClientCall(
+        service=body.service,
+        payload=body.payload,
+        payload_json=canonical_json(body.payload),
+        client_kind=body.client.kind,
+        client_id=body.client.id,
+        latency_budget_ms=body.latency_budget_ms,
+        cache_key=body.cache_key,
+        cache_ttl_s=body.cache_ttl_s,
+        tenant=principal.tenant,
+        arrived=None if clock is None else clock.arrived,
     )
-    return Response(content, status_code=200, media_type="application/json", headers=headers)
+
+
+def needs_the_agent(body: ServiceRequest, services: Container[str]) -> bool:
+    """Whether a request goes to the LLM (no service, or an unknown one with `allow_llm`)."""
+    return body.service is None or (body.allow_llm and body.service not in services)
 
 
 _REQUEST_BODY = {
@@ -101,22 +164,10 @@ async def serve_request(request: Request) -> Response:
     clock: RequestClock | None = request.scope["state"].get(CLOCK_KEY)
     if clock is not None:
         clock.enter()
-    if body.service is None or (body.allow_llm and body.service not in site.services):
+    if needs_the_agent(body, site.services):
         return await _serve_with_llm(body, site, principal, clock)
-    call = ClientCall(
-        service=body.service,
-        payload=body.payload,
-        payload_json=canonical_json(body.payload),
-        client_kind=body.client.kind,
-        client_id=body.client.id,
-        latency_budget_ms=body.latency_budget_ms,
-        cache_key=body.cache_key,
-        cache_ttl_s=body.cache_ttl_s,
-        tenant=principal.tenant,
-        arrived=None if clock is None else clock.arrived,
-    )
-    outcome = await site.dispatcher.serve(call)
-    return render(outcome, site.settings.site_id, uuid.uuid4().hex)
+    outcome = await site.dispatcher.serve(client_call(body, principal, clock))
+    return render(outcome, site.settings.site_id, new_request_id())
 
 
 LLM_SERVICE = "(llm)"
@@ -140,7 +191,7 @@ async def _serve_with_llm(
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "missing_text", "allow_llm needs the question in payload.text", "payload.text")
     budget_ms = min(body.latency_budget_ms or site.settings.llm_budget_ms, site.settings.llm_budget_ms)
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()
     started = time.perf_counter() if clock is None else clock.arrived
     left_s = max(0.001, budget_ms / 1000 - (time.perf_counter() - started))
     try:

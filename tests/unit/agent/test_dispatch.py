@@ -53,7 +53,9 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
     opened: list[ScriptedWorkload] = []
     pools: list[UpstreamPool] = []
 
-    async def make(healthy: int = 1, dead_first: bool = False, service: str = "svc", limit: int = 8) -> Rig:
+    async def make(
+        healthy: int = 1, dead_first: bool = False, service: str = "svc", limit: int = 8, queue: int = 8
+    ) -> Rig:
         instances = []
         workloads = []
         if dead_first:
@@ -68,7 +70,7 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
         pool = UpstreamPool()
         pools.append(pool)
         admission = Admission(
-            LocalLoadCounters(), AdmissionSettings(max_limit=limit, initial_limit=limit, max_queue=8)
+            LocalLoadCounters(), AdmissionSettings(max_limit=limit, initial_limit=limit, max_queue=queue)
         )
 
         def view_for(name: str) -> View:
@@ -235,6 +237,17 @@ async def test_the_budget_runs_from_arrival_so_time_spent_before_the_dispatcher_
     assert rig.workloads[0].calls == 0
 
 
+async def test_a_lagging_event_loop_counts_against_the_budget(make_rig) -> None:
+    rig = await make_rig(service="plain")
+    rig.dispatcher.admission.lag.lag_ms = 30.0  # requests waited about that long unread
+    outcome = await rig.serve({"q": 1}, service="plain", latency_budget_ms=20)
+    assert (
+        outcome.status == 504 and outcome.error is not None and "runs 30.0 ms late" in outcome.error.message
+    )
+    assert rig.workloads[0].calls == 0
+    assert (await rig.serve({"q": 1}, service="plain", latency_budget_ms=100)).status == 200
+
+
 async def test_a_request_predicted_to_miss_its_budget_is_503_without_reaching_the_workload(make_rig) -> None:
     rig = await make_rig(service="plain")
     for _ in range(2):  # the instance shows it takes about 150 ms per request
@@ -247,16 +260,32 @@ async def test_a_request_predicted_to_miss_its_budget_is_503_without_reaching_th
     assert rig.workloads[0].calls == calls
 
 
-async def test_a_request_queued_behind_a_full_instance_is_503_when_no_slot_comes_in_time(make_rig) -> None:
+async def test_a_request_queued_behind_a_busy_instance_is_504_unsent_when_no_slot_comes_in_time(
+    make_rig,
+) -> None:
     rig = await make_rig(service="plain", limit=1)
     held = asyncio.create_task(rig.serve({"mode": "hold"}, service="plain"))
     await _until(lambda: rig.workloads[0].calls == 1)
     queued = await rig.serve({"q": 1}, service="plain", latency_budget_ms=100)
-    assert queued.status == 503 and queued.error is not None and "not sent" in queued.error.message
+    assert queued.status == 504 and queued.error is not None and "not sent" in queued.error.message
     assert queued.timings_ms["queue"] > 0
     assert rig.workloads[0].calls == 1
     rig.workloads[0].release.set()
     assert (await held).status == 200
+
+
+async def test_a_request_for_an_instance_whose_queue_is_full_is_503_at_once(make_rig) -> None:
+    rig = await make_rig(service="plain", limit=1, queue=1)
+    held = asyncio.create_task(rig.serve({"mode": "hold"}, service="plain"))
+    await _until(lambda: rig.workloads[0].calls == 1)
+    waiting = asyncio.create_task(rig.serve({"q": 1}, service="plain"))
+    await _until(lambda: rig.dispatcher.admission.gates["plain-1"].queued == 1)
+    refused = await rig.serve({"q": 2}, service="plain")
+    assert (refused.status, refused.retry_after_s) == (503, 1)
+    assert refused.error is not None and "capacity" in refused.error.message
+    assert "queue" not in refused.timings_ms and rig.workloads[0].calls == 1
+    rig.workloads[0].release.set()
+    assert [o.status for o in await asyncio.gather(held, waiting)] == [200, 200]
 
 
 async def test_a_queued_request_is_sent_when_the_slot_frees_in_time(make_rig) -> None:
