@@ -101,6 +101,7 @@ class FastLane:
             return replay
         clock.enter()
         outcome = await self.site.dispatcher.serve(client_call(request, principal, clock))
+        clock.note(outcome.status)
         status, headers, content = render_outcome(outcome, self.site.settings.site_id, new_request_id())
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})

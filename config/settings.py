@@ -168,10 +168,11 @@ class Settings(BaseSettings):
         default=64, ge=0, description="Requests that may wait at the site for a slot of one instance."
     )
     queue_target_ms: float = Field(
-        default=2.0,
+        default=5.0,
         gt=0,
-        description="Longest a request should wait behind others before the dispatcher starts on it; "
-        "the front door admits fewer while requests wait longer.",
+        description="Longest a request should wait behind others before the dispatcher starts on it "
+        "(and an instance's queue turns newest-first past it); the front door admits fewer while the "
+        "shortest wait stays above it.",
     )
     max_inflight: int = Field(
         default=4096, ge=1, description="Fast-path requests one front-door process holds at once."

@@ -167,6 +167,8 @@ async def serve_request(request: Request) -> Response:
     if needs_the_agent(body, site.services):
         return await _serve_with_llm(body, site, principal, clock)
     outcome = await site.dispatcher.serve(client_call(body, principal, clock))
+    if clock is not None:
+        clock.note(outcome.status)
     return render(outcome, site.settings.site_id, new_request_id())
 
 
