@@ -11,9 +11,12 @@ Each instance has an `InstanceGate`:
   predicted to be answered after `(in flight + queued + 1) × service time`.
 * a **bounded queue** of requests waiting for a slot at the site (cheap: a future each), not at
   the instance. A waiter whose remaining budget can no longer cover the instance's latency is
-  refused when its turn comes, before it is sent; while the oldest waiter has waited longer than
-  the queue target the queue is served newest first (adaptive LIFO), since the newest requests
-  have the most budget left.
+  refused when its turn comes, before it is sent. Once the queue has not been empty for
+  `standing_after_ms` it is a standing queue (CoDel's test, as Facebook's "controlled delay"
+  applies it to request queues): it is then served newest first (adaptive LIFO: the newest
+  requests have the most budget left), and a request that joins it waits at most
+  `queue_target_ms` before it is refused, so that under overload waiting stays short and
+  connections are not held for whole budgets.
 
 Counts come from `agent.inflight.LoadCounters`, so every front-door process sees every other's
 requests. `LoopLag` measures how late this process's event loop runs; the router adds it to every
@@ -48,7 +51,9 @@ class AdmissionSettings:
     max_queue: int = 64
     """Requests that may wait at the site for one instance."""
     queue_target_ms: float = 5.0
-    """A waiter older than this means a standing queue: serve newest first."""
+    """Longest a request waits behind a standing queue before it is refused."""
+    standing_after_ms: float = 100.0
+    """A queue not empty for this long is a standing queue."""
     probe_after_s: float = 1.0
     """An idle instance whose estimate says "too slow" still gets one request after this long."""
 
@@ -76,13 +81,14 @@ class _Average:
 class GradientLimit:
     """A concurrency limit that follows the gradient of latency (Netflix's Gradient2).
 
-    Per sample: `gradient = clamp(long / short, 0.5, 1)`, `new = limit × gradient + headroom`,
+    Per sample: `gradient = clamp(tolerance × long / short, 0.5, 1)`, `new = limit × gradient +
+    headroom`,
     smoothed by `smoothing`; it does not grow while fewer than half the slots are in use (the
     caller, not the instance, is the limit then), and a long-term average far above the recent
     one (after a load spike) is pulled down so the limit can recover.
     """
 
-    __slots__ = ("_long", "_short", "headroom", "limit", "max_limit", "min_limit", "smoothing")
+    __slots__ = ("_long", "_short", "headroom", "limit", "max_limit", "min_limit", "smoothing", "tolerance")
 
     def __init__(
         self,
@@ -91,6 +97,7 @@ class GradientLimit:
         max_limit: int,
         smoothing: float = 0.2,
         headroom: float = 4.0,
+        tolerance: float = 1.5,
         short_window: int = 10,
         long_window: int = 600,
     ) -> None:
@@ -99,6 +106,9 @@ class GradientLimit:
         self.max_limit = max_limit
         self.smoothing = smoothing
         self.headroom = headroom
+        self.tolerance = tolerance
+        """How far recent latency may rise above the long-term level before the limit shrinks
+        (Netflix's `rttTolerance`): noise and the site's own loop delays stay below it."""
         self._short = _Average(short_window, 1)
         self._long = _Average(long_window, 10)
 
@@ -118,7 +128,7 @@ class GradientLimit:
             self._long.value = long = long * 0.9
         if inflight < self.limit / 2:
             return int(self.limit)
-        gradient = 1.0 if short <= 0 else max(0.5, min(1.0, long / short))
+        gradient = 1.0 if short <= 0 else max(0.5, min(1.0, self.tolerance * long / short))
         target = self.limit * gradient + self.headroom
         limit = self.limit * (1 - self.smoothing) + target * self.smoothing
         self.limit = max(float(self.min_limit), min(float(self.max_limit), limit))
@@ -158,6 +168,8 @@ class InstanceGate:
         self.local_inflight = 0
         """Requests this process has in flight at the instance (the counters hold every process's)."""
         self._waiters: deque[_Waiter] = deque()
+        self._last_empty = clock()
+        """When the queue was last empty (or became non-empty)."""
         self._recheck: asyncio.TimerHandle | None = None
         self.sent = 0
         self.refused_in_queue = 0
@@ -226,6 +238,11 @@ class InstanceGate:
         if self.queue_full:
             return False
         now = self.clock()
+        if not self._waiters:
+            self._last_empty = now
+        wait_until = deadline
+        if self.standing(now):
+            wait_until = min(deadline, now + self.settings.queue_target_ms / 1000)
         waiter = _Waiter(asyncio.get_running_loop().create_future(), deadline, now)
         self._waiters.append(waiter)
         self.counters.add_queued(self.slot, 1)
@@ -233,7 +250,7 @@ class InstanceGate:
         if self.local_inflight == 0:
             self._arm_recheck()  # no local release will wake us: slots are held by other processes
         try:
-            async with asyncio.timeout(max(0.0, deadline - now)):
+            async with asyncio.timeout(max(0.0, wait_until - now)):
                 return await waiter.future
         except TimeoutError:
             if self._granted(waiter):
@@ -278,19 +295,24 @@ class InstanceGate:
         self.last_sample_at = self.clock()
         self.limiter.update(latency_ms, concurrency)
 
+    def standing(self, now: float) -> bool:
+        """Whether the queue has not been empty for `standing_after_ms`."""
+        return bool(self._waiters) and (now - self._last_empty) * 1000 > self.settings.standing_after_ms
+
     def _forget(self, waiter: _Waiter) -> None:
         """Take a waiter that gave up out of the queue (it may have been handed out already)."""
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
             self.counters.add_queued(self.slot, -1)
+        if not self._waiters:
+            self._last_empty = self.clock()
 
     def _wake(self) -> None:
         """Hand free slots to waiters: FIFO, or newest first behind a standing queue."""
         waiters = self._waiters
         while waiters and self.counters.inflight(self.slot) < int(self.limiter.limit):
             now = self.clock()
-            standing = (now - waiters[0].since) * 1000 > self.settings.queue_target_ms
-            waiter = waiters.pop() if standing else waiters.popleft()
+            waiter = waiters.pop() if self.standing(now) else waiters.popleft()
             self.counters.add_queued(self.slot, -1)
             if waiter.future.done():
                 continue
@@ -301,7 +323,9 @@ class InstanceGate:
                 continue
             self._take()
             waiter.future.set_result(True)
-        if waiters and self.local_inflight == 0:
+        if not waiters:
+            self._last_empty = self.clock()
+        elif self.local_inflight == 0:
             self._arm_recheck()
 
     def _arm_recheck(self) -> None:

@@ -347,9 +347,12 @@ class Dispatcher:
                     return self._no_slot(service.name, instance.id, view.retry_after_s)
                 queued = time.perf_counter()
                 granted = await gate.acquire(deadline)
-                waited = timings["queue"] = _ms(queued, time.perf_counter())
-                if not granted:
+                now = time.perf_counter()
+                waited = timings["queue"] = _ms(queued, now)
+                if not granted and now >= deadline:
                     return self._queued_out(service.name, instance.id, waited)
+                if not granted:  # refused early: behind a standing queue, or too little budget left
+                    return self._no_slot(service.name, instance.id, view.retry_after_s, waited)
             now = time.perf_counter()
             if now >= deadline:
                 gate.release(None, 0)
@@ -461,19 +464,21 @@ class Dispatcher:
         )
 
     @staticmethod
-    def _no_slot(service: str, target: str, retry_after_s: int) -> Outcome:
-        error = ErrorInfo(
-            "no_capacity", f"instance {target} of {service} is full and so is its queue; not sent"
+    def _no_slot(service: str, target: str, retry_after_s: int, waited_ms: float | None = None) -> Outcome:
+        why = (
+            "is full and so is its queue"
+            if waited_ms is None
+            else f"gave no slot in time ({waited_ms} ms in its queue)"
         )
+        error = ErrorInfo("no_capacity", f"instance {target} of {service} {why}; not sent")
         return Outcome(503, service, "reject", "", error=error, retry_after_s=retry_after_s)
 
     @staticmethod
     def _queued_out(service: str, target: str, waited_ms: float) -> Outcome:
-        """A request that waited for a slot and got none its budget could still use: never sent."""
+        """A request whose budget ran out while it waited for a slot: never sent."""
         error = ErrorInfo(
             "budget_exceeded",
-            f"waited {waited_ms} ms for a free slot of {target} and none came while the budget could "
-            "still cover it; not sent",
+            f"the budget ran out after {waited_ms} ms waiting for a slot of {target}; not sent",
         )
         return Outcome(504, service, "reject", "", error=error)
 

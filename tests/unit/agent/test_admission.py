@@ -155,7 +155,7 @@ async def test_a_cancelled_waiter_leaves_no_count_behind() -> None:
 
 async def test_behind_a_standing_queue_the_newest_waiter_goes_first() -> None:
     clock = Clock()
-    gate = _gate(initial=1, clock=clock, queue_target_ms=5.0)
+    gate = _gate(initial=1, clock=clock, queue_target_ms=60_000.0, standing_after_ms=100.0)
     assert gate.try_acquire()
     order: list[str] = []
 
@@ -166,12 +166,28 @@ async def test_behind_a_standing_queue_the_newest_waiter_goes_first() -> None:
 
     old = asyncio.create_task(wait("old"))
     await _until(lambda: gate.queued == 1)
-    clock.now += 0.050  # the oldest has waited 50 ms: a standing queue
+    clock.now += 0.150  # the queue has not been empty for 150 ms: a standing queue
+    assert gate.standing(clock.now)
     new = asyncio.create_task(wait("new"))
     await _until(lambda: gate.queued == 2)
     gate.release(None, concurrency=1)
     await asyncio.gather(old, new)
     assert order == ["new", "old"]
+
+
+async def test_behind_a_standing_queue_a_newcomer_waits_only_the_queue_target() -> None:
+    clock = Clock()
+    gate = _gate(initial=1, clock=clock, queue_target_ms=20.0, standing_after_ms=100.0)
+    assert gate.try_acquire()
+    first = asyncio.create_task(gate.acquire(clock.now + 5))
+    await _until(lambda: gate.queued == 1)
+    clock.now += 0.150
+    # 5 s of budget left, but behind a standing queue it waits the 20 ms target, then gives up.
+    assert await gate.acquire(clock.now + 5) is False
+    assert gate.queued == 1
+    gate.release(1.0, concurrency=1)
+    assert await first is True
+    assert not gate.standing(clock.now)
 
 
 async def test_a_gate_counts_the_requests_other_processes_have_in_flight() -> None:
