@@ -122,6 +122,22 @@ class _Sent:
 
 
 @dataclass(slots=True)
+class _Job:
+    """One request on its way to an instance: what was asked, where it was planned, its deadline.
+
+    `request` and `plan` change when a refused connection sends it to another instance."""
+
+    call: ClientCall
+    service: ServiceView
+    request: PlanRequest
+    plan: Plan
+    view: View
+    deadline: float
+    timings: dict[str, float]
+    sent: _Sent = field(default_factory=_Sent)
+
+
+@dataclass(slots=True)
 class _SharedCall:
     """One upstream call that concurrent misses of the same cache key all wait for."""
 
@@ -236,29 +252,17 @@ class Dispatcher:
 
         if decision.tier == "cache":
             outcome = Outcome(200, service.name, "cache", "cache", result_json=cached, cached=True)
-        elif decision.tier == "local" and cache_key is not None:
-            outcome = await self._call_once_per_key(
-                call, service, request, decision, view, deadline, timings, cache_key
-            )
         elif decision.tier == "local":
-            outcome = await self._call_instance(
-                call, service, request, decision, view, deadline, timings, _Sent()
-            )
+            job = _Job(call, service, request, decision, view, deadline, timings)
+            if cache_key is not None:
+                outcome = await self._call_once_per_key(job, cache_key)
+            else:
+                outcome = await self._call_instance(job)
         else:
             outcome = self._reject(service.name, decision)
         return self._finish(arrived, deadline, timings, outcome, cacheable=cache_key is not None)
 
-    async def _call_once_per_key(
-        self,
-        call: ClientCall,
-        service: ServiceView,
-        request: PlanRequest,
-        decision: Plan,
-        view: View,
-        deadline: float,
-        timings: dict[str, float],
-        cache_key: str,
-    ) -> Outcome:
+    async def _call_once_per_key(self, job: _Job, cache_key: str) -> Outcome:
         """A cacheable miss: concurrent misses of one key share one upstream call (no stampede).
 
         The call runs on its own: each caller (the first included) waits for it within its own
@@ -266,20 +270,18 @@ class Dispatcher:
         """
         # Only requests with the same payload bytes share a call. A derived key already is the
         # payload's digest; under a client-named key two callers may ask different things.
+        call, service = job.call, job.service
         asked = "" if call.cache_key is None else payload_digest(call.payload_json)
         slot = (service.name, cache_key, asked)
         shared = self._shared.get(slot)
         follower = shared is not None
         if shared is None:
-            sent = _Sent()
-            task = asyncio.get_running_loop().create_task(
-                self._fill(call, service, request, decision, view, deadline, timings, cache_key, sent)
-            )
-            shared = self._shared[slot] = _SharedCall(task, sent)
+            task = asyncio.get_running_loop().create_task(self._fill(job, cache_key))
+            shared = self._shared[slot] = _SharedCall(task, job.sent)
             task.add_done_callback(lambda _: self._shared.pop(slot, None))
         waited = time.perf_counter()
         if not shared.task.done():
-            done, _ = await asyncio.wait((shared.task,), timeout=max(0.0, deadline - waited))
+            done, _ = await asyncio.wait((shared.task,), timeout=max(0.0, job.deadline - waited))
             if not done:
                 self._judge_hung(service.name, shared.sent)
                 return self._timeout(service.name, shared.sent.instance_id)
@@ -288,30 +290,17 @@ class Dispatcher:
             return Outcome(502, service.name, "local", "", error=error)
         result = shared.task.result()
         if follower:
-            timings["coalesced"] = _ms(waited, time.perf_counter())
+            job.timings["coalesced"] = _ms(waited, time.perf_counter())
         return Outcome(
             result.status, result.service, result.tier, result.target, result.result_json, error=result.error
         )
 
-    async def _fill(
-        self,
-        call: ClientCall,
-        service: ServiceView,
-        request: PlanRequest,
-        decision: Plan,
-        view: View,
-        deadline: float,
-        timings: dict[str, float],
-        cache_key: str,
-        sent: _Sent,
-    ) -> Outcome:
+    async def _fill(self, job: _Job, cache_key: str) -> Outcome:
         """The shared call of `_call_once_per_key`: to the end of the exchange, then into the cache."""
-        outcome = await self._call_instance(
-            call, service, request, decision, view, deadline, timings, sent, wait_until=math.inf
-        )
+        outcome = await self._call_instance(job, wait_until=math.inf)
         if outcome.status == 200 and outcome.result_json is not None:
-            ttl = call.cache_ttl_s or service.cache_ttl_s
-            await self.cache.set(service.name, cache_key, outcome.result_json, ttl)
+            ttl = job.call.cache_ttl_s or job.service.cache_ttl_s
+            await self.cache.set(job.service.name, cache_key, outcome.result_json, ttl)
         return outcome
 
     @staticmethod
@@ -323,23 +312,13 @@ class Dispatcher:
             return tenant_cache_key(call.tenant, call.cache_key)
         return derive_cache_key(call.payload_json)
 
-    async def _call_instance(
-        self,
-        call: ClientCall,
-        service: ServiceView,
-        request: PlanRequest,
-        decision: Plan,
-        view: View,
-        deadline: float,
-        timings: dict[str, float],
-        sent: _Sent,
-        wait_until: float | None = None,
-    ) -> Outcome:
+    async def _call_instance(self, job: _Job, wait_until: float | None = None) -> Outcome:
         """Send the payload to the planned instance once a slot is free; on a refused connection,
         re-plan once. The caller waits until `wait_until` (default: the deadline)."""
+        service, view, deadline, timings, sent = job.service, job.view, job.deadline, job.timings, job.sent
         wait_until = deadline if wait_until is None else wait_until
         for attempt in range(2):
-            instance = decision.instance
+            instance = job.plan.instance
             assert instance is not None
             gate = self.admission.gate(instance)
             if not gate.try_acquire():
@@ -359,7 +338,7 @@ class Dispatcher:
                 return self._timeout(service.name, instance.id)
             sent.instance_id, sent.at = instance.id, now
             exchange = self.upstream.request(
-                instance.host, instance.port, "/invoke", call.payload_json, self.upstream_timeout_s
+                instance.host, instance.port, "/invoke", job.call.payload_json, self.upstream_timeout_s
             )
             exchange.add_done_callback(partial(self._settle, gate, service.name, now, gate.inflight))
             if not exchange.done():
@@ -375,14 +354,14 @@ class Dispatcher:
             except UpstreamConnectError as exc:
                 self.runtime.report_failure(instance.id)
                 retry = PlanRequest(
-                    service=request.service,
-                    affinity=request.affinity,
-                    exclude=request.exclude | {instance.id},
+                    service=job.request.service,
+                    affinity=job.request.affinity,
+                    exclude=job.request.exclude | {instance.id},
                     budget_ms=(deadline - time.perf_counter()) * 1000,
                 )
-                next_decision = plan(retry, view)
-                if attempt == 0 and next_decision.tier == "local":
-                    decision, request = next_decision, retry
+                next_plan = plan(retry, view)
+                if attempt == 0 and next_plan.tier == "local":
+                    job.plan, job.request = next_plan, retry
                     continue
                 return self._upstream_failed(service.name, instance.id, exc)
             except UpstreamTimeout:

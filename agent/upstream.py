@@ -290,27 +290,21 @@ class _Conn(asyncio.Protocol):
         exc = task.exception()
         if exc is None or self._closed:
             return
-        ex = self._ex
-        self._ex = None
-        self._discard()
         self._pool._connect_errors += 1
-        if ex is not None:
-            host = self._host
-            ex._fail(UpstreamConnectError(f"{host.host}:{host.port}: {type(exc).__name__}: {exc}"))
+        self._abandon(UpstreamConnectError, f"{type(exc).__name__}: {exc}")
 
     def _connect_timed_out(self) -> None:
         self._connect_timer = None
+        self._pool._connect_errors += 1
+        self._abandon(UpstreamConnectError, f"not connected within {self._pool._connect_timeout_s:g} s")
+
+    def _abandon(self, error: type[UpstreamError], message: str) -> None:
+        """Drop this connection and fail its exchange, if it has one, with `error` naming the host."""
         ex = self._ex
         self._ex = None
         self._discard()
-        self._pool._connect_errors += 1
         if ex is not None:
-            host = self._host
-            ex._fail(
-                UpstreamConnectError(
-                    f"{host.host}:{host.port}: not connected within {self._pool._connect_timeout_s:g} s"
-                )
-            )
+            ex._fail(error(f"{self._host.host}:{self._host.port}: {message}"))
 
     def _finish(self) -> None:
         ex = self._ex
@@ -324,13 +318,8 @@ class _Conn(asyncio.Protocol):
         ex._resolve(response)
 
     def _protocol_error(self, message: str) -> None:
-        ex = self._ex
-        self._ex = None
-        self._discard()
         self._pool._protocol_errors += 1
-        if ex is not None:
-            host = self._host
-            ex._fail(UpstreamProtocolError(f"{host.host}:{host.port}: {message}"))
+        self._abandon(UpstreamProtocolError, message)
 
     def _lost(self, exc: BaseException | None) -> None:
         """The peer closed or reset the connection: retry a stale reuse once, else fail."""

@@ -25,15 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import importlib.util
 import itertools
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,13 +41,12 @@ if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))  # run as a script: this checkout's packages come first
 
 import httpx  # noqa: E402
+from workload_bench import start_workload, stop_workload  # noqa: E402
 
 from agent.upstream import UpstreamPool  # noqa: E402
 
 HOST = "127.0.0.1"
 PATH = "/invoke"
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 5.0
 WARMUP_S = 0.3
 BODIES = [
@@ -79,53 +74,6 @@ class Row:
     @property
     def cpu_us(self) -> float:
         return self.cpu_s / max(self.requests, 1) * 1e6
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def start_sensor() -> tuple[subprocess.Popen[bytes], int]:
-    """``python -m workloads.sensor`` on a free port, once its /healthz answers 200."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "workloads.sensor", "--host", HOST, "--port", str(port)],
-        cwd=REPO_DIR,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            error = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise RuntimeError(f"workloads.sensor exited with {process.returncode}: {error.strip()}")
-        conn = http.client.HTTPConnection(HOST, port, timeout=5)
-        try:
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return process, port
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            conn.close()
-    stop(process)
-    raise RuntimeError(f"workloads.sensor did not answer /healthz within {START_TIMEOUT_S:.0f} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by pid, SIGKILL if it lingers."""
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-    if process.stderr:
-        process.stderr.close()
 
 
 async def closed_loop(send: Send, concurrency: int, duration_s: float) -> tuple[int, int, float, float]:
@@ -226,11 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not with_aiohttp:
         print("aiohttp: not installed (its rows are left out)")
-    process, port = start_sensor()
+    process, port = start_workload("sensor")
     try:
         rows = uvloop.run(run(port, concurrencies, args.duration, with_aiohttp))
     finally:
-        stop(process)
+        stop_workload(process)
     print(f"\nsensor workload, POST {PATH}, {args.duration:g} s per row after a {WARMUP_S:g} s warm-up\n")
     print(f"{'client':<10} {'conc':>5} {'req/s':>9} {'client CPU µs/req':>18} {'answers':>9} {'errors':>7}")
     for row in rows:

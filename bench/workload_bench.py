@@ -133,7 +133,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _start_workload(module: str, device: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_workload(module: str, device: str = "cpu") -> tuple[subprocess.Popen[bytes], int]:
     """``python -m workloads.MODULE`` on a free port, once its /healthz answers 200."""
     port = _free_port()
     env = {**os.environ, "MEC_WORKLOAD_DEVICE": device}
@@ -159,11 +159,11 @@ def _start_workload(module: str, device: str) -> tuple[subprocess.Popen[bytes], 
             time.sleep(0.05)
         finally:
             conn.close()
-    _stop(process)
+    stop_workload(process)
     raise RuntimeError(f"workloads.{module} did not answer /healthz within {START_TIMEOUT_S:.0f} s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_workload(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM by pid, SIGKILL if it lingers."""
     if process.poll() is None:
         os.kill(process.pid, signal.SIGTERM)
@@ -177,7 +177,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def measure_http(case: Case, device: str, calls: int) -> Figures:
-    process, port = _start_workload(case.module, device)
+    process, port = start_workload(case.module, device)
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
     headers = {"Content-Type": "application/json"}
     try:
@@ -197,7 +197,7 @@ def measure_http(case: Case, device: str, calls: int) -> Figures:
         return Figures.of(durations)
     finally:
         conn.close()
-        _stop(process)
+        stop_workload(process)
 
 
 def _row(kind: str, case: Case, figures: Figures) -> str:
