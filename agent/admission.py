@@ -139,7 +139,6 @@ class GradientLimit:
 class _Waiter:
     future: asyncio.Future[bool]
     deadline: float
-    since: float
 
 
 SERVICE_EWMA_ALPHA = 0.1
@@ -173,7 +172,6 @@ class InstanceGate:
         self._recheck: asyncio.TimerHandle | None = None
         self.sent = 0
         self.refused_in_queue = 0
-        self.queued_total = 0
 
     # What the router reads (see `agent.view.InstanceLoad`).
 
@@ -243,10 +241,9 @@ class InstanceGate:
         wait_until = deadline
         if self.standing(now):
             wait_until = min(deadline, now + self.settings.queue_target_ms / 1000)
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), deadline, now)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), deadline)
         self._waiters.append(waiter)
         self.counters.add_queued(self.slot, 1)
-        self.queued_total += 1
         if self.local_inflight == 0:
             self._arm_recheck()  # no local release will wake us: slots are held by other processes
         try:

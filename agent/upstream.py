@@ -555,7 +555,7 @@ class UpstreamPool:
         return await self.request(host, port, path, body, timeout_s, content_type)
 
     def stats(self) -> dict[str, int]:
-        """Plain counters for /metrics: `open` and `idle` connections now, the rest since the start."""
+        """Plain counters: `open` and `idle` connections now, the rest since the start."""
         return {
             "hosts": len(self._hosts),
             "open": sum(len(h.conns) for h in self._hosts.values()),

@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_response, install_error_handlers
-from api.fastlane import FastLane
+from api.fastlane import FastLane, replay_body
 from api.routes import chat, ops, requests, services
 from api.schemas import ServiceRequest
 from api.site import Site
@@ -76,17 +76,7 @@ class BodyLimit:
             chunks.append(chunk)
             if not more:
                 break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(b"".join(chunks), receive), send)
 
     async def _drain(self, receive: Receive, already: int) -> bool:
         """Read and drop the rest of the body; False when it runs past the drain allowance."""

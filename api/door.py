@@ -88,7 +88,7 @@ class FrontDoor:
     """Site-wide admission of fast-path requests, decided before their body is read."""
 
     lag: LoopLag
-    """The loop's lag (read by the dispatcher's deadlines and shown in the stats)."""
+    """The loop's lag, shown in the stats (the dispatcher's deadlines read the same probe)."""
     site_id: str
     queue_target_ms: float = 5.0
     miss_tolerance: float = 0.05

@@ -84,7 +84,7 @@ class FastLane:
         body = await _read(receive, int(length))
         if body is None:
             return receive
-        replay = _replay(body, receive)
+        replay = replay_body(body, receive)
         try:
             principal = bearer_principal(
                 self.site.keys, authorization.decode("latin-1") if authorization else None
@@ -131,8 +131,8 @@ async def _read(receive: Receive, length: int) -> bytes | None:
             return b"".join(parts)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that gives the body already read once, then the client's own events."""
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives a body already read once, then the client's own events."""
     sent = False
 
     async def replay() -> Message:
