@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -23,7 +23,11 @@ from pydantic_settings import (
 )
 
 ClientKind = Literal["mobile", "iot", "gaming"]
-CLIENT_KINDS: tuple[ClientKind, ...] = ("mobile", "iot", "gaming")
+"""What sort of client sends a request; services say which kinds they serve."""
+CLIENT_KINDS: tuple[ClientKind, ...] = get_args(ClientKind)
+ModelKind = Literal["rules", "openai-compatible", "bedrock"]
+"""The operator agent's model: the embedded rules, a local OpenAI-compatible server, or Bedrock."""
+MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -210,7 +214,7 @@ class Settings(BaseSettings):
         description="A pooled Redis connection idle this long is PINGed before use; 0: never.",
     )
 
-    model: Literal["rules", "openai-compatible", "bedrock"] = Field(
+    model: ModelKind = Field(
         default="rules", description="The operator agent's model: embedded rules, a local server, or Bedrock."
     )
     model_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server (…/v1).")
@@ -261,11 +265,10 @@ class Settings(BaseSettings):
     @field_validator("model_fallback")
     @classmethod
     def _fallback_kinds(cls, value: list[str]) -> list[str]:
-        kinds = ("rules", "openai-compatible", "bedrock")
         for entry in value:
-            if entry.split(":", 1)[0] not in kinds:
+            if entry.split(":", 1)[0] not in MODEL_KINDS:
                 raise ValueError(
-                    f"model_fallback entry {entry!r} must be KIND[:MODEL_ID] with KIND one of {kinds}"
+                    f"model_fallback entry {entry!r} must be KIND[:MODEL_ID] with KIND one of {MODEL_KINDS}"
                 )
         return value
 

@@ -42,7 +42,7 @@ from strands.types.exceptions import ContextWindowOverflowException, ModelThrott
 from strands.types.streaming import StreamEvent
 from strands.types.tools import ToolSpec
 
-from config.settings import Settings
+from config.settings import MODEL_KINDS, Settings
 
 if TYPE_CHECKING:
     from strands.models.openai import OpenAIModel
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
 
-ModelKind = Literal["rules", "openai-compatible", "bedrock"]
-MODEL_KINDS: tuple[ModelKind, ...] = ("rules", "openai-compatible", "bedrock")
 LOCAL_KINDS: frozenset[str] = frozenset({"openai-compatible"})
 """Kinds that run on the site's own hardware and are skipped while the site is overloaded."""
 
