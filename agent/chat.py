@@ -1,6 +1,6 @@
 """The operator agent: one strands `Agent` per chat session, driving the site's tools.
 
-Sessions are kept in memory (bounded count, idle TTL) and their conversations are also written
+Sessions are kept in memory (a `MemoryCache`: bounded count, idle TTL) and their conversations are also written
 to the site cache after every turn — so to Redis when Redis is configured — which lets a session
 survive the site's restart. Each session belongs to the API key that made it: another key gets
 the same 404 as for an unknown id. Each session has its own model object and policy, and a lock
@@ -20,11 +20,10 @@ import logging
 import random
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from strands import Agent
 from strands.agent import ModelRetryStrategy, SlidingWindowConversationManager
@@ -33,51 +32,44 @@ from strands.types.content import Messages
 from strands.types.exceptions import MaxTokensReachedException
 from strands.types.tools import AgentTool
 
+from agent.errors import SiteError
 from agent.limits import MutationLimiter, TokenBucket
 from agent.policy import CALLER_KEY, Caller, ToolCallRecord, ToolPolicy
 from agent.scopes import Principal
 from tools.cache_manager import CacheManager
+from tools.caches.memory import MemoryCache
 
 log = logging.getLogger(__name__)
 
 SESSION_NAMESPACE = "_chat_sessions"
 
 
-class ChatError(Exception):
-    """A chat turn that could not be served; `status` is the HTTP status to answer with."""
+class ChatSettings(Protocol):
+    """What the chat service reads of the site's settings (`config.settings.Settings` has it)."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        retry_after_s: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.retry_after_s = retry_after_s
+    @property
+    def services(self) -> Mapping[str, object]:
+        """The site's services by name: the only ones the agent may start or scale."""
 
-
-@dataclass(frozen=True)
-class ChatConfig:
-    system_prompt: str
-    services: tuple[str, ...]
-    image_allowlist: tuple[str, ...]
-    max_sessions: int = 256
-    session_ttl_s: float = 1800.0
-    window_messages: int = 20
-    mutations_per_minute: int = 10
-    turn_timeout_s: float = 60.0
-    turns_per_minute: float = 60.0
-    burst: int = 10
-    max_concurrent_turns: int = 4
-    turn_queue_s: float = 1.0
-    refusal_hold_s: float = 1.0
-    max_held_refusals: int = 64
+    @property
+    def image_allowlist(self) -> Sequence[str]: ...
+    @property
+    def chat_max_sessions(self) -> int: ...
+    @property
+    def chat_session_ttl_s(self) -> float: ...
+    @property
+    def chat_window_messages(self) -> int: ...
+    @property
+    def chat_mutations_per_minute(self) -> int: ...
+    @property
+    def chat_turns_per_minute(self) -> float: ...
+    @property
+    def chat_burst(self) -> int: ...
+    @property
+    def chat_max_concurrent_turns(self) -> int: ...
+    @property
+    def model_timeout_s(self) -> float:
+        """One model call's limit; a turn (several calls and tools) may take four of them."""
 
 
 @dataclass
@@ -108,7 +100,6 @@ class _Session:
     agent: Agent
     model: Model
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_used: float = field(default_factory=time.monotonic)
     tokens_so_far: dict[str, int] = field(default_factory=dict)
 
     def turn_usage(self, accumulated: dict[str, Any]) -> dict[str, int]:
@@ -155,41 +146,55 @@ def _reply_text(message: dict[str, Any]) -> str:
 class ChatService:
     """Runs chat turns for operators (and free-text client requests) on per-session agents."""
 
+    TURN_QUEUE_S = 1.0
+    """Longest a turn waits for one of the site's turn slots before it is refused (503)."""
+    REFUSAL_HOLD_S = 1.0
+    """Longest a rate-limited turn's 429 is held back (see `admitted`)."""
+    MAX_HELD_REFUSALS = 64
+    """Refusals held back at once per key; beyond that they are sent at once."""
+
     def __init__(
         self,
-        config: ChatConfig,
+        settings: ChatSettings,
+        system_prompt: str,
         tools: Sequence[AgentTool],
         model_factory: Callable[[], Model],
         store: CacheManager,
     ) -> None:
-        self.config = config
+        self.settings = settings
+        self.system_prompt = system_prompt
+        self.services = tuple(settings.services)
+        self.image_allowlist = tuple(settings.image_allowlist)
+        self.turn_timeout_s = settings.model_timeout_s * 4
         self.tools = list(tools)
         self.model_factory = model_factory
         self.store = store
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._sessions: MemoryCache[_Session] = MemoryCache(settings.chat_max_sessions)
         self.turns: dict[tuple[str, str], int] = {}
-        self.mutations = MutationLimiter(config.mutations_per_minute)
-        self.turn_rate = TokenBucket(config.turns_per_minute / 60.0, config.burst)
+        self.mutations = MutationLimiter(settings.chat_mutations_per_minute)
+        self.turn_rate = TokenBucket(settings.chat_turns_per_minute / 60.0, settings.chat_burst)
         self.running_turns = 0
         self.refused: dict[str, int] = {"rate_limited": 0, "chat_busy": 0}
-        self._slots = asyncio.Semaphore(config.max_concurrent_turns)
+        self._slots = asyncio.Semaphore(settings.chat_max_concurrent_turns)
         self._waiting = 0
         self._held: dict[str, int] = {}
 
     def _new_agent(self, messages: list[dict[str, Any]] | None = None) -> tuple[Agent, Model]:
         model = self.model_factory()
         policy = ToolPolicy(
-            self.config.services,
-            self.config.image_allowlist,
-            self.config.mutations_per_minute,
+            self.services,
+            self.image_allowlist,
+            self.settings.chat_mutations_per_minute,
             limiter=self.mutations,
         )
         agent = Agent(
             model=model,
             messages=cast(Messages, messages or []),
             tools=list[Any](self.tools),
-            system_prompt=self.config.system_prompt,
-            conversation_manager=SlidingWindowConversationManager(window_size=self.config.window_messages),
+            system_prompt=self.system_prompt,
+            conversation_manager=SlidingWindowConversationManager(
+                window_size=self.settings.chat_window_messages
+            ),
             hooks=[policy],
             callback_handler=None,
             # strands' default (6 attempts, 4 s doubling) would outlast the turn's deadline when a
@@ -198,62 +203,53 @@ class ChatService:
         )
         return agent, model
 
-    def _evict_idle(self) -> None:
-        now = time.monotonic()
-        for session_id in [
-            sid for sid, s in self._sessions.items() if now - s.last_used > self.config.session_ttl_s
-        ]:
-            if not self._sessions[session_id].lock.locked():
-                del self._sessions[session_id]
-        while len(self._sessions) > self.config.max_sessions:
-            self._sessions.popitem(last=False)
+    def _keep(self, session: _Session) -> None:
+        """Keep a session in memory for another idle lifetime (the least recent one goes at the
+        bound)."""
+        self._sessions.set(SESSION_NAMESPACE, session.id, session, self.settings.chat_session_ttl_s)
 
     async def _session(self, session_id: str | None, owner: str) -> _Session:
-        self._evict_idle()
         if session_id is None:
             agent, model = self._new_agent()
             session = _Session(uuid.uuid4().hex, owner, agent, model)
-            self._sessions[session.id] = session
-            self._evict_idle()
+            self._keep(session)
             return session
-        unknown = ChatError(
+        unknown = SiteError(
             404, "unknown_session", f"no chat session {session_id!r} (expired?)", "session_id"
         )
-        found = self._sessions.get(session_id)
+        found = self._sessions.get(SESSION_NAMESPACE, session_id)
         if found is None:
             stored = await self.store.get(SESSION_NAMESPACE, session_id)
             record = _load_record(stored) if stored is not None else None
             if record is None or record["owner"] != owner:
                 raise unknown
             agent, model = self._new_agent(record["messages"])
-            session = self._sessions[session_id] = _Session(session_id, owner, agent, model)
-            self._evict_idle()
+            session = _Session(session_id, owner, agent, model)
         elif found.owner != owner:
             # Another key's session is indistinguishable from one that does not exist.
             raise unknown
         else:
             session = found
-        self._sessions.move_to_end(session_id)
-        session.last_used = time.monotonic()
+        self._keep(session)
         return session
 
     async def _save(self, session: _Session) -> None:
         record = {"v": 1, "owner": session.owner, "messages": session.agent.messages}
         data = json.dumps(record, default=str).encode()
-        await self.store.set(SESSION_NAMESPACE, session.id, data, self.config.session_ttl_s)
+        await self.store.set(SESSION_NAMESPACE, session.id, data, self.settings.chat_session_ttl_s)
 
     @asynccontextmanager
     async def admitted(self, caller: Principal) -> AsyncIterator[None]:
         """Hold one of the site's turn slots for a turn of `caller`, or refuse it.
 
         * Over the key's rate: 429 `rate_limited` with `Retry-After`. The refusal is held back
-          about as long as `Retry-After` (at most `refusal_hold_s`, jittered; at most
-          `max_held_refusals` per key at a time, beyond that it is sent at once): a client that
+          about as long as `Retry-After` (at most `REFUSAL_HOLD_S`, jittered; at most
+          `MAX_HELD_REFUSALS` per key at a time, beyond that it is sent at once): a client that
           ignores `Retry-After` and floods the site then costs a sleeping task per request, not a
           busy loop of rejections that starves the fast path (nginx's `limit_req` delays excess
           requests for the same reason).
-        * All `max_concurrent_turns` slots busy: wait for one up to `turn_queue_s` (at most
-          `max_concurrent_turns` waiters), else 503 `chat_busy` with `Retry-After`.
+        * All `chat_max_concurrent_turns` slots busy: wait for one up to `TURN_QUEUE_S` (at most
+          that many waiters), else 503 `chat_busy` with `Retry-After`.
         """
         key = caller.key_id
         wait_s = self.turn_rate.take(key)
@@ -261,34 +257,34 @@ class ChatService:
             self.refused["rate_limited"] += 1
             retry_after_s = TokenBucket.retry_after_s(wait_s)
             held = self._held.get(key, 0)
-            if held < self.config.max_held_refusals:
+            if held < self.MAX_HELD_REFUSALS:
                 self._held[key] = held + 1
                 try:
                     # About as long as Retry-After asks anyway, jittered so that a flood's
                     # connections do not all come back at once.
-                    hold_s = min(retry_after_s, self.config.refusal_hold_s) * random.uniform(0.5, 1.0)
+                    hold_s = min(retry_after_s, self.REFUSAL_HOLD_S) * random.uniform(0.5, 1.0)
                     await asyncio.sleep(hold_s)
                 finally:
                     self._held[key] -= 1
-            raise ChatError(
+            raise SiteError(
                 429,
                 "rate_limited",
-                f"this key may start {self.config.turns_per_minute:g} chat turns a minute "
-                f"(bursts of {self.config.burst}); retry later",
+                f"this key may start {self.settings.chat_turns_per_minute:g} chat turns a minute "
+                f"(bursts of {self.settings.chat_burst}); retry later",
                 retry_after_s=retry_after_s,
             )
-        busy = ChatError(
+        busy = SiteError(
             503,
             "chat_busy",
-            f"the site already runs {self.config.max_concurrent_turns} chat turns; retry shortly",
+            f"the site already runs {self.settings.chat_max_concurrent_turns} chat turns; retry shortly",
             retry_after_s=1,
         )
-        if self._slots.locked() and self._waiting >= self.config.max_concurrent_turns:
+        if self._slots.locked() and self._waiting >= self.settings.chat_max_concurrent_turns:
             self.refused["chat_busy"] += 1
             raise busy
         self._waiting += 1
         try:
-            async with asyncio.timeout(self.config.turn_queue_s):
+            async with asyncio.timeout(self.TURN_QUEUE_S):
                 await self._slots.acquire()
         except TimeoutError:
             self.refused["chat_busy"] += 1
@@ -333,7 +329,7 @@ class ChatService:
         read_only: bool = False,
     ) -> AsyncIterator[tuple[str, Any]]:
         """Run one turn, yielding ("session", id), ("text", delta), ("tool_start"/"tool_end", record)
-        as they happen and finally ("done", ChatReply). Failures raise `ChatError`.
+        as they happen and finally ("done", ChatReply). Failures raise `SiteError`.
 
         Admission (`admitted`) comes first, so no path can skip it. `read_only` refuses every change.
         """
@@ -341,7 +337,7 @@ class ChatService:
         async with self.admitted(caller):
             session = await self._session(session_id, caller.key_id)
             if session.lock.locked():
-                raise ChatError(409, "session_busy", "this session is already running a turn", "session_id")
+                raise SiteError(409, "session_busy", "this session is already running a turn", "session_id")
             events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
             def on_tool_event(kind: str, record: ToolCallRecord) -> None:
@@ -373,7 +369,7 @@ class ChatService:
         async with session.lock:
             yield "session", session.id
             result = None
-            budget_s = timeout_s or self.config.turn_timeout_s
+            budget_s = timeout_s or self.turn_timeout_s
             stream = session.agent.stream_async(message, invocation_state={CALLER_KEY: caller})
             try:
                 # One task drives the whole turn (strands' tracing context must not cross tasks),
@@ -390,7 +386,7 @@ class ChatService:
                 await stream.aclose()  # type: ignore[attr-defined]  # an async generator
                 self._drop(session)
                 self._count(session, "timeout")
-                raise ChatError(
+                raise SiteError(
                     504, "model_timeout", "the model did not finish within the time allowed"
                 ) from None
             except asyncio.CancelledError:
@@ -398,7 +394,7 @@ class ChatService:
                 # history may hold half a turn, so forget it; the saved history stays.
                 self._drop(session)
                 raise
-            except ChatError:
+            except SiteError:
                 raise
             except Exception as exc:
                 self._drop(session)
@@ -406,22 +402,22 @@ class ChatService:
                 cause = exc.__cause__ if type(exc).__name__ == "EventLoopException" and exc.__cause__ else exc
                 log.warning("chat turn failed on %s: %s", model_name(session.model), cause)
                 if isinstance(cause, MaxTokensReachedException):
-                    raise ChatError(
+                    raise SiteError(
                         502,
                         "model_output_truncated",
                         "the model reached its output limit (MEC_MODEL_MAX_TOKENS) before finishing its answer",
                     ) from exc
-                raise ChatError(
+                raise SiteError(
                     503, "model_unavailable", f"the model failed: {type(cause).__name__}: {str(cause)[:300]}"
                 ) from exc
             while not events.empty():
                 yield events.get_nowait()
             if result is None:
-                raise ChatError(503, "model_unavailable", "the model returned no result")
+                raise SiteError(503, "model_unavailable", "the model returned no result")
             if persist:
                 await self._save(session)
             else:
-                self._sessions.pop(session.id, None)
+                self._sessions.delete(SESSION_NAMESPACE, session.id)
             usage = session.turn_usage(dict(result.metrics.accumulated_usage))
             self._count(session, "ok")
             yield (
@@ -438,7 +434,7 @@ class ChatService:
 
     def _drop(self, session: _Session) -> None:
         """Forget a session's in-memory agent after a failed turn; its saved history stays."""
-        self._sessions.pop(session.id, None)
+        self._sessions.delete(SESSION_NAMESPACE, session.id)
 
     def _count(self, session: _Session, outcome: str) -> None:
         key = (model_name(session.model), outcome)
@@ -446,4 +442,5 @@ class ChatService:
 
     @property
     def active_sessions(self) -> int:
-        return len(self._sessions)
+        """Sessions held in memory and not yet idle past their lifetime."""
+        return self._sessions.namespaces().get(SESSION_NAMESPACE, 0)

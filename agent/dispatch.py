@@ -26,7 +26,8 @@ from functools import partial
 from typing import Any
 
 from agent.admission import Admission, InstanceGate
-from agent.router import Plan, PlanRequest, plan
+from agent.errors import SiteError
+from agent.router import Plan, PlanRequest, Tier, plan
 from agent.upstream import (
     UpstreamConnectError,
     UpstreamError,
@@ -59,26 +60,27 @@ class ClientCall:
     None: from when the dispatcher sees it."""
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorInfo:
-    code: str
-    message: str
-    field: str | None = None
-
-
 @dataclass(slots=True)
 class Outcome:
     """What happened to one request; the API turns it into a response."""
 
     status: int
     service: str
-    tier: str
+    tier: Tier
     target: str
     result_json: bytes | None = None
     cached: bool = False
-    error: ErrorInfo | None = None
-    retry_after_s: int | None = None
+    error: SiteError | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def failed(cls, error: SiteError, service: str, tier: Tier = "reject", target: str = "") -> Outcome:
+        """A request that ended in `error`, answered with its status."""
+        return cls(error.status, service, tier, target, error=error)
+
+    @property
+    def retry_after_s(self) -> int | None:
+        return None if self.error is None else self.error.retry_after_s
 
 
 SUSPECT_MIN_WAIT_MS = 20.0
@@ -145,16 +147,18 @@ class _SharedCall:
     sent: _Sent
 
 
-def _workload_error(response: UpstreamResponse) -> ErrorInfo:
-    """The workload's own JSON error, with its field placed under `payload`."""
+def _workload_error(response: UpstreamResponse) -> SiteError:
+    """The workload's own JSON error (a 413 stays one, any other 4xx is a 422), with its field
+    placed under `payload`."""
+    status = 413 if response.status == 413 else 422
     try:
         error = json.loads(response.body)["error"]
         field_name = error.get("field")
         if field_name and not str(field_name).startswith("payload"):
             field_name = f"payload.{field_name}"
-        return ErrorInfo(str(error.get("code", "invalid_payload")), str(error["message"]), field_name)
+        return SiteError(status, str(error.get("code", "invalid_payload")), str(error["message"]), field_name)
     except (ValueError, KeyError, TypeError):
-        return ErrorInfo("invalid_payload", f"the service rejected the payload ({response.status})")
+        return SiteError(status, "invalid_payload", f"the service rejected the payload ({response.status})")
 
 
 class Dispatcher:
@@ -192,46 +196,42 @@ class Dispatcher:
         view = self._view_for(call.service)
         service = view.services.get(call.service)
         if service is None:
-            error = ErrorInfo(
+            error = SiteError(
+                404,
                 "unknown_service",
                 f"unknown service {call.service!r}; known: {sorted(view.services)}",
                 "service",
             )
-            return self._finish(
-                arrived, math.inf, timings, Outcome(404, UNKNOWN_SERVICE, "reject", "", error=error)
-            )
+            return self._finish(arrived, math.inf, timings, Outcome.failed(error, UNKNOWN_SERVICE))
         if call.client_kind not in service.client_kinds:
-            error = ErrorInfo(
+            error = SiteError(
+                403,
                 "client_kind_not_allowed",
                 f"service {service.name!r} serves {sorted(service.client_kinds)} clients, not {call.client_kind!r}",
                 "client.kind",
             )
-            return self._finish(
-                arrived, math.inf, timings, Outcome(403, call.service, "reject", "", error=error)
-            )
+            return self._finish(arrived, math.inf, timings, Outcome.failed(error, call.service))
         if call.cache_ttl_s is not None and call.cache_ttl_s > service.max_cache_ttl_s:
-            error = ErrorInfo(
+            error = SiteError(
+                422,
                 "invalid_field",
                 f"cache_ttl_s: at most {service.max_cache_ttl_s:g} s for service {service.name!r}",
                 "cache_ttl_s",
             )
-            return self._finish(
-                arrived, math.inf, timings, Outcome(422, call.service, "reject", "", error=error)
-            )
+            return self._finish(arrived, math.inf, timings, Outcome.failed(error, call.service))
 
         budget_ms = call.latency_budget_ms or service.default_budget_ms
         # The request may have waited unseen in socket buffers before the loop read it, about as
         # long as the loop runs late: that much of the budget is already gone.
         deadline = arrived + (budget_ms - self.admission.lag_ms) / 1000
         if entered >= deadline:
-            error = ErrorInfo(
+            error = SiteError(
+                504,
                 "budget_exceeded",
                 f"the {budget_ms} ms budget was gone before the dispatcher started: the request waited "
                 f"{_ms(arrived, entered)} ms at the site, whose event loop runs {self.admission.lag_ms:.1f} ms late",
             )
-            return self._finish(
-                arrived, deadline, timings, Outcome(504, service.name, "reject", "", error=error)
-            )
+            return self._finish(arrived, deadline, timings, Outcome.failed(error, service.name))
         cache_key = self._cache_key(call, service)
         cached: bytes | None = None
         if cache_key is not None:
@@ -286,8 +286,8 @@ class Dispatcher:
                 self._judge_hung(service.name, shared.sent)
                 return self._timeout(service.name, shared.sent.instance_id)
         if shared.task.cancelled():
-            error = ErrorInfo("upstream_failed", "the shared upstream call was cancelled")
-            return Outcome(502, service.name, "local", "", error=error)
+            error = SiteError(502, "upstream_failed", "the shared upstream call was cancelled")
+            return Outcome.failed(error, service.name, "local")
         result = shared.task.result()
         if follower:
             job.timings["coalesced"] = _ms(waited, time.perf_counter())
@@ -407,21 +407,15 @@ class Dispatcher:
         if response.status == 200:
             return Outcome(200, service, "local", target, result_json=response.body)
         if 400 <= response.status < 500:
-            status = 413 if response.status == 413 else 422
-            return Outcome(status, service, "local", target, error=_workload_error(response))
+            return Outcome.failed(_workload_error(response), service, "local", target)
         self.runtime.report_failure(target)
-        return Outcome(
-            502,
-            service,
-            "local",
-            target,
-            error=ErrorInfo("upstream_failed", f"instance {target} answered {response.status}"),
-        )
+        error = SiteError(502, "upstream_failed", f"instance {target} answered {response.status}")
+        return Outcome.failed(error, service, "local", target)
 
     @staticmethod
     def _upstream_failed(service: str, target: str, exc: UpstreamError) -> Outcome:
-        error = ErrorInfo("upstream_failed", f"instance {target} failed: {type(exc).__name__}")
-        return Outcome(502, service, "local", target, error=error)
+        error = SiteError(502, "upstream_failed", f"instance {target} failed: {type(exc).__name__}")
+        return Outcome.failed(error, service, "local", target)
 
     def _hung(self, service: str, waited_ms: float) -> bool:
         """Whether a timed-out call says more about the instance than about a tight budget.
@@ -434,13 +428,8 @@ class Dispatcher:
 
     @staticmethod
     def _timeout(service: str, target: str) -> Outcome:
-        return Outcome(
-            504,
-            service,
-            "local",
-            target,
-            error=ErrorInfo("budget_exceeded", "the latency budget ran out before the service answered"),
-        )
+        error = SiteError(504, "budget_exceeded", "the latency budget ran out before the service answered")
+        return Outcome.failed(error, service, "local", target)
 
     @staticmethod
     def _no_slot(service: str, target: str, retry_after_s: int, waited_ms: float | None = None) -> Outcome:
@@ -449,29 +438,26 @@ class Dispatcher:
             if waited_ms is None
             else f"gave no slot in time ({waited_ms} ms in its queue)"
         )
-        error = ErrorInfo("no_capacity", f"instance {target} of {service} {why}; not sent")
-        return Outcome(503, service, "reject", "", error=error, retry_after_s=retry_after_s)
+        error = SiteError(
+            503, "no_capacity", f"instance {target} of {service} {why}; not sent", retry_after_s=retry_after_s
+        )
+        return Outcome.failed(error, service)
 
     @staticmethod
     def _queued_out(service: str, target: str, waited_ms: float) -> Outcome:
         """A request whose budget ran out while it waited for a slot: never sent."""
-        error = ErrorInfo(
+        error = SiteError(
+            504,
             "budget_exceeded",
             f"the budget ran out after {waited_ms} ms waiting for a slot of {target}; not sent",
         )
-        return Outcome(504, service, "reject", "", error=error)
+        return Outcome.failed(error, service)
 
     @staticmethod
     def _reject(service: str, decision: Plan) -> Outcome:
         code = "no_capacity" if decision.status == 503 else "rejected"
-        return Outcome(
-            decision.status,
-            service,
-            "reject",
-            "",
-            error=ErrorInfo(code, decision.reason),
-            retry_after_s=decision.retry_after_s,
-        )
+        error = SiteError(decision.status, code, decision.reason, retry_after_s=decision.retry_after_s)
+        return Outcome.failed(error, service)
 
     def _finish(
         self,
@@ -486,16 +472,12 @@ class Dispatcher:
         if outcome.status == 200 and now > deadline:
             self.late += 1
             stored = " (it is cached for the next request)" if cacheable and outcome.tier == "local" else ""
-            outcome = Outcome(
+            error = SiteError(
                 504,
-                outcome.service,
-                outcome.tier,
-                outcome.target,
-                error=ErrorInfo(
-                    "budget_exceeded",
-                    f"the answer was ready {_ms(deadline, now)} ms after the latency budget ran out{stored}",
-                ),
+                "budget_exceeded",
+                f"the answer was ready {_ms(deadline, now)} ms after the latency budget ran out{stored}",
             )
+            outcome = Outcome.failed(error, outcome.service, outcome.tier, outcome.target)
         timings["total"] = _ms(arrived, now)
         outcome.timings_ms = timings
         self.requests.record(outcome.service, outcome.tier, outcome.status, timings["total"])

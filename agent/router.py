@@ -19,7 +19,9 @@ from typing import Literal
 from agent.view import IDLE, View
 from tools.runtimes.base import Instance
 
-Tier = Literal["cache", "local", "peer", "cloud", "reject"]
+Tier = Literal["cache", "local", "peer", "cloud", "llm", "reject"]
+"""Where a request was served: `route.tier` in every answer. `llm` is the operator agent (requests
+with `allow_llm`, never planned here); `reject` is an answer without serving."""
 
 
 @dataclass(frozen=True, slots=True)

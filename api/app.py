@@ -8,11 +8,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_response, install_error_handlers
 from api.fastlane import FastLane, replay_body
-from api.routes import chat, ops, requests, services
+from api.routes import chat, client_requests, ops, services
 from api.schemas import ServiceRequest
 from api.site import Site
 from config.settings import Settings
@@ -23,6 +24,10 @@ DRAIN_BYTES = 16 * 1024 * 1024
 
 class BodyLimit:
     """Pure ASGI middleware: 413 for a body over `limit` bytes, that the client gets to read.
+
+    Kept instead of Starlette's `RequestBodyLimitMiddleware` (FastAPI's `max_body_size`): that one
+    answers a plain-text 413 without reading the rest of the body, so a client that sends its
+    whole body first sees a reset connection instead of the JSON error.
 
     A declared Content-Length is checked up front; a chunked body is read here up to the limit,
     then replayed to the app. Most HTTP clients (Python's urllib, mobile stacks) send the whole
@@ -102,14 +107,16 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def _openapi_with_request_body(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus the request models that routes parse themselves."""
+def _site_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The generated schema, plus what it cannot know by itself: the request model the fast-path
+    route parses itself, and the limits this site's settings put on fields."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         body = ServiceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(body.pop("$defs", {}))
         components["ServiceRequest"] = body
+        components["ChatRequest"]["properties"]["message"]["maxLength"] = settings.chat_max_message_chars
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -126,7 +133,8 @@ def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
         finally:
             await site.stop()
 
-    app = FastAPI(
+    # FastAPIOffline: `/docs` and `/redoc` load Swagger UI and ReDoc from the site itself, no CDN.
+    app = FastAPIOffline(
         title="mec-orchestrator",
         summary="One MEC site: a deterministic fast path for clients, tools for operators.",
         version="0.1.0",
@@ -136,10 +144,10 @@ def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
         else {"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.site = site
-    app.openapi = lambda: _openapi_with_request_body(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _site_openapi(app, settings)  # type: ignore[method-assign]
     app.state.keys = site.keys
     install_error_handlers(app)
-    app.include_router(requests.router)
+    app.include_router(client_requests.router)
     app.include_router(services.router)
     app.include_router(chat.router)
     app.include_router(ops.router)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.admission import LoopLag
-from api.errors import error_body
+from agent.errors import error_body
 
 FAST_PATH = "/v1/requests"
 CLOCK_KEY = "clock"

@@ -1,46 +1,32 @@
-"""Every error leaves the API as `{"error": {"code", "message", "field"}}` with a 4xx/5xx status."""
+"""Every error leaves the API as `{"error": {"code", "message", "field"}}` with a 4xx/5xx status.
+
+The site raises one error type, `agent.errors.SiteError`; the handlers here render it, and turn
+FastAPI's and Starlette's own errors (validation, 404, 405) into the same shape."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.errors import SiteError, error_body
+
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An error with an HTTP status that the handlers render as JSON."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = headers
-
-
-def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "field": field}}
-
-
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, field: str | None = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+
+
+def site_error_response(error: SiteError) -> JSONResponse:
+    """The answer to a `SiteError`: its status, its JSON body, `Retry-After` and its other headers."""
+    return JSONResponse(error.body(), status_code=error.status, headers=error.response_headers())
 
 
 def _field_path(loc: Sequence[int | str]) -> str | None:
@@ -58,9 +44,9 @@ _STATUS_CODES = {
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+    @app.exception_handler(SiteError)
+    async def _site_error(_: Request, exc: SiteError) -> JSONResponse:
+        return site_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent.errors import SiteError
 from agent.scopes import scope_for
 from api.auth import bearer_principal
 from api.door import CLOCK_KEY, FAST_PATH, FrontDoor, RequestClock
-from api.errors import ApiError
-from api.routes.requests import client_call, needs_the_agent, new_request_id, render_outcome
+from api.routes.client_requests import client_call, needs_the_agent, new_request_id, render_outcome
 from api.schemas import ServiceRequest
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class FastLane:
             principal = bearer_principal(
                 self.site.keys, authorization.decode("latin-1") if authorization else None
             )
-        except ApiError:
+        except SiteError:
             return replay
         if principal is None or _SCOPE not in principal.scopes:
             return replay

@@ -1,4 +1,8 @@
-"""Request and response bodies of the REST API (pydantic models at the edge)."""
+"""Request and response bodies of the REST API (pydantic models at the edge).
+
+Request models are strict: a JSON string or boolean where a number is due is a 422, never
+coerced, so the server accepts exactly what the OpenAPI schema describes.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.router import Tier
 from config.settings import ClientKind
 
 
 class ClientInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: ClientKind = Field(description="What sort of client sends the request.")
     id: str = Field(min_length=1, max_length=128, description="The client's own identifier.")
@@ -21,7 +26,14 @@ class ServiceRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
+            # What the server enforces beyond the fields: a request without a service is one for
+            # the agent, so it must say `allow_llm: true`.
+            "anyOf": [
+                {"required": ["service"], "properties": {"service": {"type": "string"}}},
+                {"required": ["allow_llm"], "properties": {"allow_llm": {"const": True}}},
+            ],
             "examples": [
                 {
                     "service": "inference",
@@ -29,12 +41,15 @@ class ServiceRequest(BaseModel):
                     "client": {"kind": "mobile", "id": "phone-17"},
                     "latency_budget_ms": 200,
                 }
-            ]
+            ],
         },
     )
 
     service: str | None = Field(
-        default=None, min_length=1, max_length=64, description="Service name, see GET /v1/services."
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Service name, see GET /v1/services; null or absent only with `allow_llm: true`.",
     )
     payload: dict[str, Any] = Field(description="The service's input, a JSON object.")
     client: ClientInfo
@@ -57,7 +72,7 @@ class ServiceRequest(BaseModel):
 
 
 class Route(BaseModel):
-    tier: Literal["cache", "local", "peer", "cloud", "llm", "reject"]
+    tier: Tier
     site: str
     target: str
 
@@ -104,21 +119,26 @@ class ServicesResponse(BaseModel):
     services: list[ServiceInfo]
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        400: "Malformed request",
-        401: "Missing or unknown API key",
-        403: "The key lacks the scope, or the client kind is not served",
-        404: "Unknown service",
-        413: "Body over the size limit",
-        422: "A field is invalid",
-        502: "The service instance failed",
-        503: "No capacity now (see Retry-After)",
-        409: "The chat session is busy with another turn",
-        504: "The latency budget ran out",
-    }.items()
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Malformed request: not JSON, no body, or no service to serve it",
+    401: "Missing or unknown API key",
+    403: "The key lacks the scope, or the client kind is not served",
+    404: "Unknown service or chat session",
+    409: "The chat session is busy with another turn",
+    413: "Body over the size limit",
+    422: "A field is invalid",
+    429: "Over this key's rate (see Retry-After)",
+    502: "The service instance or the model failed",
+    503: "No capacity now (see Retry-After)",
+    504: "The latency budget ran out",
 }
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of the errors one route can answer, each with the error body."""
+    return {
+        status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]} for status in statuses
+    }
 
 
 class ChatRequest(BaseModel):
@@ -126,10 +146,16 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"message": "scale inference to 3 replicas"}]},
     )
 
-    message: str = Field(min_length=1, description="What the operator asks, in natural language.")
+    message: str = Field(
+        min_length=1,
+        json_schema_extra={"pattern": r"\S"},
+        description="What the operator asks, in natural language (not only blanks; at most "
+        "`MEC_CHAT_MAX_MESSAGE_CHARS` characters, the `maxLength` of this site's schema).",
+    )
     session_id: str | None = Field(
         default=None,
         min_length=1,
@@ -157,3 +183,18 @@ class ChatResponse(BaseModel):
     model: str = Field(description="The model that served this turn.")
     usage: dict[str, int]
     latency_ms: float
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Whether the site can serve, per part; with an operator key also why (errors, runtime)."""
+
+    status: Literal["ready", "degraded", "not_ready"]
+    site: str
+    checks: dict[str, dict[str, Any]] = Field(
+        description="`service:NAME` (ready and total instances) and `cache` (its backend), each with a status."
+    )
+    runtime: str | None = Field(default=None, description="The runtime's name (operator keys only).")

@@ -13,7 +13,7 @@ from typing import Any
 from strands.types.tools import AgentTool
 
 from agent.admission import Admission, AdmissionSettings
-from agent.chat import ChatConfig, ChatService
+from agent.chat import ChatService
 from agent.dispatch import Dispatcher
 from agent.inflight import LoadCounters, LocalLoadCounters
 from agent.models.build import build_chat_model
@@ -217,19 +217,8 @@ class Site:
         ]
         settings, services = self.settings, tuple(self.settings.services)
         self.chat = ChatService(
-            ChatConfig(
-                system_prompt=load_prompt("operator").format(services=", ".join(services)),
-                services=services,
-                image_allowlist=tuple(settings.image_allowlist),
-                max_sessions=settings.chat_max_sessions,
-                session_ttl_s=settings.chat_session_ttl_s,
-                window_messages=settings.chat_window_messages,
-                mutations_per_minute=settings.chat_mutations_per_minute,
-                turn_timeout_s=settings.model_timeout_s * 4,
-                turns_per_minute=settings.chat_turns_per_minute,
-                burst=settings.chat_burst,
-                max_concurrent_turns=settings.chat_max_concurrent_turns,
-            ),
+            settings,
+            load_prompt("operator").format(services=", ".join(services)),
             self.tools,
             lambda: build_chat_model(settings, services, self.overloaded),
             self.cache,

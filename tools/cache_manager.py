@@ -120,7 +120,7 @@ class CacheManager:
 
     def __init__(
         self,
-        memory: MemoryCache,
+        memory: MemoryCache[bytes],
         redis: RedisCache | None = None,
         near_ttl_s: float = 2.0,
         retry_s: float = 1.0,

@@ -5,43 +5,57 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Security
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from api.auth import authenticate, require
-from api.schemas import ERROR_RESPONSES
+from api.auth import require
+from api.deps import MaybeCaller, SiteDep
+from api.schemas import Health, Readiness, error_responses
 from monitoring import prometheus
 
 router = APIRouter(tags=["operations"])
 
+_OPERATOR_READS = [Security(require("metrics_monitor"))]
 
-@router.get("/healthz", summary="Liveness: the process answers")
+
+@router.api_route(
+    "/healthz", methods=["GET", "HEAD"], response_model=Health, summary="Liveness: the process answers"
+)
 async def healthz() -> dict[str, str]:
+    """Always 200 while the process serves HTTP; `HEAD` answers the same without a body."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: instances up; cache backend state")
-async def readyz(request: Request) -> JSONResponse:
+@router.api_route(
+    "/readyz",
+    methods=["GET", "HEAD"],
+    response_model=Readiness,
+    responses={
+        **error_responses(401),
+        503: {"model": Readiness, "description": "No service has a ready instance"},
+    },
+    summary="Readiness: instances up; cache backend state",
+)
+async def readyz(site: SiteDep, caller: MaybeCaller) -> JSONResponse:
     """200 while at least one service has a ready instance (status `ready` or `degraded`), else 503.
 
     Anyone may ask; the answer names each service and the cache with its state only. With an
-    operator key it also carries the reasons (start errors, the cache's last error).
+    operator key it also carries the reasons (start errors, the cache's last error). `HEAD`
+    answers the same status without a body (for load balancers).
     """
-    principal = authenticate(request)
-    detail = principal is not None and principal.may("site.health_detail")
-    serving, body = request.app.state.site.readiness(detail=detail)
+    detail = caller is not None and caller.may("site.health_detail")
+    serving, body = site.readiness(detail=detail)
     return JSONResponse(body, status_code=200 if serving else 503)
 
 
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
-    dependencies=[Depends(require("metrics_monitor"))],
-    responses=ERROR_RESPONSES,
+    dependencies=_OPERATOR_READS,
+    responses=error_responses(401, 403),
     summary="Prometheus text exposition",
 )
-async def metrics(request: Request) -> PlainTextResponse:
-    site = request.app.state.site
+async def metrics(site: SiteDep) -> PlainTextResponse:
     text = prometheus.render(
         site.settings.site_id,
         site.monitor.snapshot,
@@ -56,12 +70,11 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 @router.get(
     "/v1/metrics/snapshot",
-    dependencies=[Depends(require("metrics_monitor"))],
-    responses=ERROR_RESPONSES,
+    dependencies=_OPERATOR_READS,
+    responses=error_responses(401, 403),
     summary="The latest metrics snapshot: host, GPUs, instances, request rates, cache",
 )
-async def snapshot(request: Request) -> dict[str, Any]:
-    site = request.app.state.site
+async def snapshot(site: SiteDep) -> dict[str, Any]:
     return {
         "site": site.settings.site_id,
         **site.monitor.snapshot.to_dict(),

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Security
 
 from api.auth import require
-from api.schemas import ERROR_RESPONSES, ServiceInfo, ServicesResponse
+from api.deps import SiteDep
+from api.schemas import ServiceInfo, ServicesResponse, error_responses
 
-router = APIRouter(prefix="/v1", tags=["services"], dependencies=[Depends(require("services.list"))])
+router = APIRouter(prefix="/v1", tags=["services"], dependencies=[Security(require("services.list"))])
 
 
-@router.get("/services", response_model=ServicesResponse, responses=ERROR_RESPONSES)
-async def list_services(request: Request) -> ServicesResponse:
+@router.get("/services", response_model=ServicesResponse, responses=error_responses(401, 403))
+async def list_services(site: SiteDep) -> ServicesResponse:
     """Every service with its client kinds, GPU use, default budget, cacheability and a working example payload."""
-    site = request.app.state.site
     runtime = site.runtime
     return ServicesResponse(
         site=site.settings.site_id,

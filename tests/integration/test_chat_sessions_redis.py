@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 from redis import asyncio as aioredis
 
-from agent.chat import SESSION_NAMESPACE, ChatConfig, ChatService
+from agent.chat import SESSION_NAMESPACE, ChatService
 from agent.models import ScriptedModel, Turn
 from agent.scopes import Principal
+from config.settings import Settings
 from tests.conftest import RedisServer
 from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
@@ -13,7 +14,7 @@ from tools.caches.redis import RedisCache
 
 pytestmark = pytest.mark.integration
 
-CONFIG = ChatConfig(system_prompt="p", services=(), image_allowlist=(), session_ttl_s=600)
+SETTINGS = Settings(chat_session_ttl_s=600)
 
 CLIENT = Principal("client-key-id", frozenset({"client"}))
 
@@ -25,7 +26,11 @@ def _site_cache(url: str) -> CacheManager:
 async def test_chat_session_lives_in_redis_and_resumes_on_another_process(redis_server: RedisServer) -> None:
     first_store = _site_cache(redis_server.url)
     first = ChatService(
-        CONFIG, [cache_manager_tool(first_store)], lambda: ScriptedModel([Turn(text="noted")]), first_store
+        SETTINGS,
+        "p",
+        [cache_manager_tool(first_store)],
+        lambda: ScriptedModel([Turn(text="noted")]),
+        first_store,
     )
     reply = await first.chat("remember sensor-1", CLIENT)
     direct = aioredis.Redis.from_url(redis_server.url)
@@ -43,7 +48,7 @@ async def test_chat_session_lives_in_redis_and_resumes_on_another_process(redis_
         models.append(ScriptedModel([Turn(text="still here")]))
         return models[-1]
 
-    second = ChatService(CONFIG, [cache_manager_tool(second_store)], factory, second_store)
+    second = ChatService(SETTINGS, "p", [cache_manager_tool(second_store)], factory, second_store)
     again = await second.chat("what did I say?", CLIENT, session_id=reply.session_id)
     await second_store.close()
     assert again.reply == "still here"

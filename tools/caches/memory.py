@@ -1,4 +1,7 @@
-"""A bounded in-process cache: least-recently-used eviction and a TTL per entry."""
+"""A bounded in-process cache: least-recently-used eviction and a TTL per entry.
+
+The site's one LRU/TTL map: the cache's bytes, and any other bounded table of live objects with an
+idle lifetime (the operator agent's chat sessions)."""
 
 from __future__ import annotations
 
@@ -6,16 +9,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
 
 
 @dataclass(slots=True)
-class _Entry:
-    value: bytes
+class _Entry(Generic[V]):
+    value: V
     expires_at: float
 
 
-class MemoryCache:
-    """An LRU + TTL map of `namespace:key` to bytes. Every operation is O(1) and does no I/O.
+class MemoryCache(Generic[V]):
+    """An LRU + TTL map of `namespace:key` to values (bytes for the site's cache). Every operation
+    is O(1) but `flush` of one namespace and `namespaces`, and none does I/O.
 
     Not thread-safe: it is used from the event loop only.
     """
@@ -25,13 +32,13 @@ class MemoryCache:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self._clock = clock or time.monotonic
-        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], _Entry[V]] = OrderedDict()
         self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, namespace: str, key: str) -> bytes | None:
+    def get(self, namespace: str, key: str) -> V | None:
         slot = (namespace, key)
         entry = self._entries.get(slot)
         if entry is None:
@@ -42,7 +49,7 @@ class MemoryCache:
         self._entries.move_to_end(slot)
         return entry.value
 
-    def set(self, namespace: str, key: str, value: bytes, ttl_s: float) -> None:
+    def set(self, namespace: str, key: str, value: V, ttl_s: float) -> None:
         if ttl_s <= 0:
             self._entries.pop((namespace, key), None)
             return

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from agent.chat import ChatConfig, ChatError, ChatService
+from agent.chat import ChatService
+from agent.errors import SiteError
 from agent.models import ScriptedModel, ToolCall, Turn
 from agent.scopes import Principal
+from config.settings import Settings
 from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
+
+
+def chat_settings(**chat: Any) -> Settings:
+    """The site's real settings with chat limits overridden (`max_sessions=2` is `chat_max_sessions`)."""
+    return Settings(image_allowlist=["img"], **{f"chat_{name}": value for name, value in chat.items()})
+
 
 OPERATOR = Principal("operator-key-id", frozenset({"client", "operator"}))
 
@@ -22,9 +31,8 @@ def _service(
     cache = CacheManager(MemoryCache(100))
     scripts: Iterator[list[Turn]] = iter(turns_per_session)
     service = ChatService(
-        ChatConfig(
-            system_prompt="you operate a site", services=("sensor",), image_allowlist=("img",), **config
-        ),
+        chat_settings(**config),
+        "you operate a site",
         [cache_manager_tool(cache)],
         lambda: ScriptedModel(next(scripts)),
         store or CacheManager(MemoryCache(100)),
@@ -61,7 +69,7 @@ async def test_refused_destructive_call_never_reaches_the_cache() -> None:
 
 async def test_model_failure_is_a_503_chat_error() -> None:
     service, _ = _service([[Turn(raises=ConnectionRefusedError("model server down"))]])
-    with pytest.raises(ChatError) as caught:
+    with pytest.raises(SiteError) as caught:
         await service.chat("status", OPERATOR)
     assert (caught.value.status, caught.value.code) == (503, "model_unavailable")
     assert "model server down" in caught.value.message
@@ -76,7 +84,7 @@ async def test_failure_after_a_tool_round_is_unwrapped_to_the_model_error() -> N
             ]
         ]
     )
-    with pytest.raises(ChatError) as caught:
+    with pytest.raises(SiteError) as caught:
         await service.chat("status", OPERATOR)
     assert "read timed out" in caught.value.message
 
@@ -90,12 +98,13 @@ async def test_slow_model_turn_is_a_504() -> None:
 
     cache = CacheManager(MemoryCache(10))
     service = ChatService(
-        ChatConfig(system_prompt="p", services=(), image_allowlist=()),
+        chat_settings(),
+        "p",
         [cache_manager_tool(cache)],
         lambda: SlowModel([Turn(text="late")]),
         cache,
     )
-    with pytest.raises(ChatError) as caught:
+    with pytest.raises(SiteError) as caught:
         await service.chat("status", OPERATOR, timeout_s=0.2)
     assert caught.value.status == 504
 
@@ -110,7 +119,7 @@ async def test_session_continues_after_a_restart_from_the_store() -> None:
         models.append(ScriptedModel([Turn(text="two")]))
         return models[-1]
 
-    second = ChatService(first.config, first.tools, factory, store)
+    second = ChatService(first.settings, first.system_prompt, first.tools, factory, store)
     again = await second.chat("and again", OPERATOR, session_id=reply.session_id)
     assert (again.session_id, again.reply) == (reply.session_id, "two")
     [request] = models[0].requests
@@ -120,7 +129,7 @@ async def test_session_continues_after_a_restart_from_the_store() -> None:
 
 async def test_unknown_session_is_404_naming_session_id() -> None:
     service, _ = _service([])
-    with pytest.raises(ChatError) as caught:
+    with pytest.raises(SiteError) as caught:
         await service.chat("hi", OPERATOR, session_id="nope")
     assert (caught.value.status, caught.value.field) == (404, "session_id")
 
@@ -136,7 +145,7 @@ async def test_answer_cut_at_max_tokens_is_a_502_naming_the_limit() -> None:
     from strands.types.exceptions import MaxTokensReachedException
 
     service, _ = _service([[Turn(raises=MaxTokensReachedException("max tokens"))]])
-    with pytest.raises(ChatError) as caught:
+    with pytest.raises(SiteError) as caught:
         await service.chat("status", OPERATOR)
     assert (caught.value.status, caught.value.code) == (502, "model_output_truncated")
 
@@ -149,13 +158,15 @@ async def test_another_keys_session_is_404_like_an_unknown_one() -> None:
     store = CacheManager(MemoryCache(100))
     service, _ = _service([[Turn(text="mine")], [Turn(text="never")]], store)
     reply = await service.chat("hello", OPERATOR)
-    with pytest.raises(ChatError) as live:
+    with pytest.raises(SiteError) as live:
         await service.chat("let me in", OTHER_OPERATOR, session_id=reply.session_id)
     # Restored from the store (e.g. after a restart or eviction) it is still the owner's only.
-    restarted = ChatService(service.config, service.tools, lambda: ScriptedModel([Turn(text="x")]), store)
-    with pytest.raises(ChatError) as restored:
+    restarted = ChatService(
+        service.settings, service.system_prompt, service.tools, lambda: ScriptedModel([Turn(text="x")]), store
+    )
+    with pytest.raises(SiteError) as restored:
         await restarted.chat("let me in", OTHER_OPERATOR, session_id=reply.session_id)
-    with pytest.raises(ChatError) as unknown:
+    with pytest.raises(SiteError) as unknown:
         await restarted.chat("let me in", OTHER_OPERATOR, session_id="no-such-session")
     for caught in (live, restored, unknown):
         assert (caught.value.status, caught.value.code, caught.value.field) == (
@@ -198,7 +209,7 @@ async def test_turns_over_a_keys_rate_are_429_with_retry_after() -> None:
     service, _ = _service([[Turn(text=str(i))] for i in range(4)], turns_per_minute=1, burst=2)
     await service.chat("one", OPERATOR)
     await service.chat("two", OPERATOR)
-    with pytest.raises(ChatError) as caught:
+    with pytest.raises(SiteError) as caught:
         await service.chat("three", OPERATOR)
     assert (caught.value.status, caught.value.code) == (429, "rate_limited")
     assert caught.value.retry_after_s is not None and caught.value.retry_after_s >= 1
@@ -217,7 +228,8 @@ async def test_turns_over_the_sites_concurrency_are_503_chat_busy() -> None:
 
     cache = CacheManager(MemoryCache(100))
     service = ChatService(
-        ChatConfig(system_prompt="p", services=(), image_allowlist=(), max_concurrent_turns=1),
+        chat_settings(max_concurrent_turns=1),
+        "p",
         [cache_manager_tool(cache)],
         lambda: HeldModel([Turn(text="done")]),
         cache,
@@ -227,7 +239,7 @@ async def test_turns_over_the_sites_concurrency_are_503_chat_busy() -> None:
     while service.running_turns == 0:
         assert asyncio.get_running_loop().time() < deadline, "the first turn never started"
         await asyncio.sleep(0.01)
-    with pytest.raises(ChatError) as caught:
+    with pytest.raises(SiteError) as caught:
         await service.chat("second", OTHER_OPERATOR)
     assert (caught.value.status, caught.value.code, caught.value.retry_after_s) == (503, "chat_busy", 1)
     release.set()
@@ -248,7 +260,8 @@ async def test_scale_to_zero_written_as_a_string_needs_confirmation(tmp_path) ->
         scale = ToolCall("container_ops", {"action": "scale", "service": "sensor", "replicas": "0"})
         cache = CacheManager(MemoryCache(100))
         service = ChatService(
-            ChatConfig(system_prompt="p", services=("sensor",), image_allowlist=("img",)),
+            chat_settings(),
+            "p",
             [container_ops_tool(runtime)],
             lambda: ScriptedModel([Turn(tool_calls=[scale]), Turn(text="asked")]),
             cache,

@@ -1,4 +1,4 @@
-"""`POST /v1/requests`: the clients' fast path."""
+"""`POST /v1/requests`: the clients' fast path (the route, and the rendering the fast lane shares)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,21 @@ import json
 import secrets
 import time
 from collections.abc import Container
-from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from agent.chat import ChatError
 from agent.dispatch import ClientCall, Outcome, canonical_json
+from agent.errors import SiteError, error_body
 from agent.scopes import Principal
-from api.auth import require
+from api.deps import ClientCaller, SiteDep
 from api.door import CLOCK_KEY, RequestClock
-from api.errors import ApiError, error_body
-from api.schemas import ERROR_RESPONSES, ServiceRequest, ServiceResponse
+from api.schemas import ServiceRequest, ServiceResponse, error_responses
+from api.site import Site
 
-router = APIRouter(prefix="/v1", tags=["requests"], dependencies=[Depends(require("requests.serve"))])
+router = APIRouter(prefix="/v1", tags=["requests"])
 
 _JSON = b"application/json"
 _ROUTES: dict[tuple[str, str, str], bytes] = {}
@@ -64,9 +63,7 @@ def render_outcome(
     route = _route_json(outcome.tier, site_id, outcome.target)
     if outcome.error is not None or outcome.result_json is None:
         error = outcome.error
-        body = (
-            error_body(error.code, error.message, error.field) if error else error_body("failed", "no result")
-        )
+        body = error.body() if error else error_body("failed", "no result")
         error_json = json.dumps(body, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
         content = b"".join((error_json, b',"route":', route, b',"request_id":"', request_id.encode(), b'"}'))
         if outcome.retry_after_s is not None:
@@ -135,7 +132,7 @@ async def read_body(request: Request) -> ServiceRequest:
     """Parse and validate the body in one pass of pydantic-core (FastAPI's own path costs more)."""
     raw = await request.body()
     if not raw.strip():
-        raise ApiError(400, "missing_body", "a JSON body is required", "body")
+        raise SiteError(400, "missing_body", "a JSON body is required", "body")
     try:
         return ServiceRequest.model_validate_json(raw)
     except ValidationError as exc:
@@ -145,19 +142,19 @@ async def read_body(request: Request) -> ServiceRequest:
 @router.post(
     "/requests",
     response_model=ServiceResponse,
-    responses=ERROR_RESPONSES,
+    responses=error_responses(400, 401, 403, 404, 413, 422, 429, 502, 503, 504),
     summary="Serve one client request",
     openapi_extra=_REQUEST_BODY,
 )
-async def serve_request(request: Request) -> Response:
+async def serve_request(request: Request, site: SiteDep, principal: ClientCaller) -> Response:
     """Serve a request from the cache or a local instance, within its latency budget.
 
     The answer's `route` says where it was served (`cache`, `local`, later `peer`/`cloud`);
-    `timings` and the `Server-Timing` header give the milliseconds spent per stage.
+    `timings` and the `Server-Timing` header give the milliseconds spent per stage. Without a
+    service (or with one the site does not know) and `allow_llm: true`, the site's agent answers
+    the free-text `payload.text` (read-only; 429 above the key's chat rate).
     """
     body = await read_body(request)
-    site = request.app.state.site
-    principal: Principal = request.state.principal
     clock: RequestClock | None = request.scope["state"].get(CLOCK_KEY)
     if clock is not None:
         clock.enter()
@@ -174,13 +171,13 @@ LLM_SERVICE = "(llm)"
 
 
 async def _serve_with_llm(
-    body: ServiceRequest, site: Any, principal: Principal, clock: RequestClock | None
+    body: ServiceRequest, site: Site, principal: Principal, clock: RequestClock | None
 ) -> Response:
     """A request the fast path cannot classify, handed to the agent with its own budget (read-only).
 
     The budget runs from the request's arrival, as on the fast path."""
     if not body.allow_llm:
-        raise ApiError(
+        raise SiteError(
             400,
             "unclassified_request",
             "name a service (see GET /v1/services), or set allow_llm: true with a free-text payload.text",
@@ -188,22 +185,20 @@ async def _serve_with_llm(
         )
     text = body.payload.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise ApiError(400, "missing_text", "allow_llm needs the question in payload.text", "payload.text")
+        raise SiteError(400, "missing_text", "allow_llm needs the question in payload.text", "payload.text")
     budget_ms = min(body.latency_budget_ms or site.settings.llm_budget_ms, site.settings.llm_budget_ms)
     request_id = new_request_id()
     started = time.perf_counter() if clock is None else clock.arrived
     left_s = max(0.001, budget_ms / 1000 - (time.perf_counter() - started))
     try:
         reply = await site.chat.chat(text, principal, timeout_s=left_s, persist=False, read_only=True)
-    except ChatError as exc:
+    except SiteError as exc:
         total = round((time.perf_counter() - started) * 1000, 3)
         site.monitor.requests.record(LLM_SERVICE, "llm", exc.status, total)
-        body_ = error_body(exc.code, exc.message, exc.field)
-        body_["request_id"] = request_id
-        headers = {"Server-Timing": f"total;dur={total}"}
-        if exc.retry_after_s is not None:
-            headers["Retry-After"] = str(exc.retry_after_s)
-        return JSONResponse(body_, status_code=exc.status, headers=headers)
+        content = exc.body()
+        content["request_id"] = request_id
+        headers = {**(exc.response_headers() or {}), "Server-Timing": f"total;dur={total}"}
+        return JSONResponse(content, status_code=exc.status, headers=headers)
     total = round((time.perf_counter() - started) * 1000, 3)
     site.monitor.requests.record(LLM_SERVICE, "llm", 200, total)
     content = {
