@@ -4,23 +4,33 @@ Precedence, highest first: explicit overrides (CLI flags) > environment `MEC_*` 
 YAML file (`--config FILE` or `MEC_CONFIG`) > the embedded `config/default.yaml`. Services are
 merged key by key, so a YAML file or `MEC_SERVICES__SENSOR__REPLICAS=3` changes one field of one
 service without restating the rest.
+
+Every layer is a pydantic-settings source: init kwargs, the environment (nested with `__`), and a
+`YamlConfigSettingsSource` each for the operator's file and the embedded one, deep-merged by
+pydantic-settings itself. Why so: the operator's file is the `config` field (`MEC_CONFIG` is its
+environment name), and its source takes the path from the sources above it (`current_state`), so
+each build carries its own path: no module-global, no per-call subclass, nothing threads can race on.
 """
 
 from __future__ import annotations
 
 import os
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    YamlConfigSettingsSource,
 )
+from pydantic_settings.sources import ConfigFileSourceType
 
 ClientKind = Literal["mobile", "iot", "gaming"]
 """What sort of client sends a request; services say which kinds they serve."""
@@ -74,46 +84,42 @@ def default_workers() -> int:
     return max(1, min(8, cores // 2))
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+class _YamlFile(YamlConfigSettingsSource):
+    """One YAML layer, read by pydantic-settings' YAML source, except that a file it is given must be
+    read (the stock source skips one that does not exist) and any failure is a ValueError naming it."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | Traversable) -> None:
+        self.path = path
+        super().__init__(settings_cls, yaml_file=path)
+
+    def _read_files(self, files: ConfigFileSourceType | None, deep_merge: bool = False) -> dict[str, Any]:
+        # The stock version reads only the files that exist; `files` is `self.path`, one file.
+        return self._read_file(self.path)
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except OSError as exc:
+            raise ValueError(f"cannot read config file {file_path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {file_path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {file_path} must hold a mapping at the top level")
+        if "config" in data:
+            raise ValueError(f"config file {file_path} cannot name another config file (`config`)")
+        return data
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ValueError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping at the top level")
-    return data
+class _OperatorFile(PydanticBaseSettingsSource):
+    """The operator's YAML file: the `config` that the sources above this one settled on (an init
+    kwarg from `--config`, else `MEC_CONFIG`), or nothing."""
 
-
-def default_config() -> dict[str, Any]:
-    """The embedded defaults shipped as `config/default.yaml`."""
-    text = resources.files("config").joinpath("default.yaml").read_text()
-    return yaml.safe_load(text)
-
-
-class _YamlLayers(PydanticBaseSettingsSource):
-    """The embedded defaults with the operator's YAML file merged on top."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file
 
     def __call__(self) -> dict[str, Any]:
-        return self._data
+        path = self.current_state.get("config")
+        return _YamlFile(self.settings_cls, Path(path))() if path else {}
 
 
 class Settings(BaseSettings):
@@ -254,6 +260,16 @@ class Settings(BaseSettings):
         default_factory=list, description="Images that may be started; the services' images are always in."
     )
     services: dict[str, ServiceSettings] = Field(default_factory=dict)
+    config: Path | None = Field(
+        default=None,
+        exclude=True,
+        description="The operator's YAML file (`--config FILE`), read by its own source; not dumped.",
+    )
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _empty_config_is_none(cls, value: Any) -> Any:
+        return value or None
 
     @field_validator("client_keys", "operator_keys", "image_allowlist", "model_fallback", mode="before")
     @classmethod
@@ -304,28 +320,20 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlLayers(settings_cls, _yaml_layers()))
-
-
-_CONFIG_FILE: list[Path | None] = [None]
-
-
-def _yaml_layers() -> dict[str, Any]:
-    data = default_config()
-    path = _CONFIG_FILE[0]
-    if path is not None:
-        data = _deep_merge(data, _read_yaml(path))
-    return data
+        return (
+            init_settings,
+            env_settings,
+            _OperatorFile(settings_cls),
+            _YamlFile(settings_cls, resources.files("config").joinpath("default.yaml")),
+        )
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Build the site's settings from defaults, a YAML file, the environment and overrides.
 
-    `config_file` falls back to the `MEC_CONFIG` environment variable.
+    `config_file` falls back to the `MEC_CONFIG` environment variable; None overrides are ignored.
     """
-    path = config_file or os.environ.get("MEC_CONFIG") or None
-    _CONFIG_FILE[0] = Path(path) if path else None
-    try:
-        return Settings(**{key: value for key, value in overrides.items() if value is not None})
-    finally:
-        _CONFIG_FILE[0] = None
+    values = {key: value for key, value in overrides.items() if value is not None}
+    if config_file:
+        values["config"] = config_file
+    return Settings(**values)

@@ -1,12 +1,30 @@
 from __future__ import annotations
 
 import os
+import threading
+import zipfile
+from importlib import resources
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
-from config.settings import load_settings
+from config.settings import Settings, _YamlFile, load_settings
+
+
+@pytest.fixture
+def bare_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No MEC_* variable from the shell that runs the tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("MEC_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def test_embedded_defaults_define_three_services_bound_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,3 +108,118 @@ def test_workers_default_to_half_the_usable_cores_and_come_from_env_or_flag(
     assert load_settings(workers=2).workers == 2
     with pytest.raises(ValidationError):
         load_settings(workers=0)
+
+
+def test_each_layer_beats_the_ones_below_it(tmp_path: Path, bare_env: pytest.MonkeyPatch) -> None:
+    # sensor.default_budget_ms: field default 200, embedded default.yaml 100, then file, env, flag.
+    path = _write(
+        tmp_path / "site.yaml", "site_id: edge-file\nservices:\n  sensor:\n    default_budget_ms: 150\n"
+    )
+    bare_env.setenv("MEC_SITE_ID", "edge-env")
+    bare_env.setenv("MEC_SERVICES__SENSOR__DEFAULT_BUDGET_MS", "120")
+    flags = {"site_id": "edge-flag", "services": {"sensor": {"default_budget_ms": 110}}}
+
+    def layers(settings: Settings) -> tuple[str, int]:
+        sensor = settings.services["sensor"]
+        assert sensor.module == "workloads.sensor" and sensor.affinity_key == "sensor_id"
+        assert set(settings.services) == {"inference", "sensor", "game-state"}
+        return settings.site_id, sensor.default_budget_ms
+
+    assert layers(load_settings(path, **flags)) == ("edge-flag", 110)
+    assert layers(load_settings(path)) == ("edge-env", 120)
+    bare_env.delenv("MEC_SITE_ID")
+    bare_env.delenv("MEC_SERVICES__SENSOR__DEFAULT_BUDGET_MS")
+    assert layers(load_settings(path)) == ("edge-file", 150)
+    assert layers(load_settings()) == ("site-1", 100)
+
+
+def test_nested_env_and_the_file_change_different_fields_of_one_service(
+    tmp_path: Path, bare_env: pytest.MonkeyPatch
+) -> None:
+    baseline = load_settings()
+    path = _write(tmp_path / "site.yaml", "services:\n  sensor:\n    cpus: 0.25\n")
+    bare_env.setenv("MEC_SERVICES__SENSOR__REPLICAS", "3")
+    settings = load_settings(path)
+    sensor = settings.services["sensor"]
+    assert (sensor.replicas, sensor.cpus) == (3, 0.25)
+    assert sensor.model_dump(exclude={"replicas", "cpus"}) == baseline.services["sensor"].model_dump(
+        exclude={"replicas", "cpus"}
+    )
+    for name in ("inference", "game-state"):
+        assert settings.services[name] == baseline.services[name]
+
+
+def test_builds_with_different_files_do_not_leak_into_each_other(
+    tmp_path: Path, bare_env: pytest.MonkeyPatch
+) -> None:
+    first = _write(tmp_path / "a.yaml", "site_id: edge-a\nservices:\n  sensor:\n    replicas: 2\n")
+    second = _write(tmp_path / "b.yaml", "port: 9001\n")
+    a = load_settings(first)
+    assert (a.site_id, a.port, a.services["sensor"].replicas, a.config) == ("edge-a", 8080, 2, first)
+    b = load_settings(second)
+    assert (b.site_id, b.port, b.services["sensor"].replicas, b.config) == ("site-1", 9001, 1, second)
+    for plain in (load_settings(), Settings()):
+        assert (plain.site_id, plain.port, plain.services["sensor"].replicas, plain.config) == (
+            "site-1",
+            8080,
+            1,
+            None,
+        )
+
+
+def test_builds_in_threads_at_once_each_read_their_own_file(
+    tmp_path: Path, bare_env: pytest.MonkeyPatch
+) -> None:
+    threads = 6
+    paths = [_write(tmp_path / f"{i}.yaml", f"site_id: edge-{i}\n") for i in range(threads)]
+    start = threading.Barrier(threads)
+    seen: dict[int, set[str]] = {i: set() for i in range(threads)}
+
+    def build(i: int) -> None:
+        start.wait()
+        for _ in range(15):
+            seen[i].add(load_settings(paths[i] if i % 2 else None).site_id)
+
+    workers = [threading.Thread(target=build, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert seen == {i: {f"edge-{i}" if i % 2 else "site-1"} for i in range(threads)}
+
+
+def test_mec_config_names_the_file_and_the_argument_beats_it(
+    tmp_path: Path, bare_env: pytest.MonkeyPatch
+) -> None:
+    from_env = _write(tmp_path / "env.yaml", "site_id: edge-env\n")
+    from_flag = _write(tmp_path / "flag.yaml", "site_id: edge-flag\n")
+    bare_env.setenv("MEC_CONFIG", str(from_env))
+    assert (load_settings().site_id, load_settings().config) == ("edge-env", from_env)
+    assert load_settings(from_flag).site_id == "edge-flag"
+    assert "config" not in load_settings().model_dump()
+    bare_env.setenv("MEC_CONFIG", "")
+    assert (load_settings().site_id, load_settings().config) == ("site-1", None)
+    bare_env.setenv("MEC_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match="cannot read config file"):
+        load_settings()
+
+
+def test_a_file_must_hold_a_mapping_and_not_name_another_file(
+    tmp_path: Path, bare_env: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="must hold a mapping at the top level"):
+        load_settings(_write(tmp_path / "list.yaml", "- site_id: edge-a\n"))
+    with pytest.raises(ValueError, match="cannot name another config file"):
+        load_settings(_write(tmp_path / "nested.yaml", "config: other.yaml\n"))
+    with pytest.raises(ValueError, match=r"cannot read config file .*: Is a directory"):
+        load_settings(tmp_path)
+    assert load_settings(_write(tmp_path / "empty.yaml", "")).site_id == "site-1"
+
+
+def test_the_embedded_layer_is_read_from_a_zipped_package(tmp_path: Path) -> None:
+    embedded = resources.files("config").joinpath("default.yaml").read_text()
+    archive = tmp_path / "mec.whl"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("config/default.yaml", embedded)
+    with zipfile.ZipFile(archive) as wheel:
+        assert _YamlFile(Settings, zipfile.Path(wheel, "config/default.yaml"))() == yaml.safe_load(embedded)
