@@ -1,121 +1,275 @@
-"""Prometheus text exposition (format 0.0.4) of the site's metrics."""
+"""Prometheus exposition of the site's metrics, serialised by prometheus_client.
+
+`render` wraps what the site already holds in memory (its request log, the cache's counters, the
+runtime's instances, the last metrics sample, the chat turns and the admission report) in a
+`SiteCollector`, registers it in a `CollectorRegistry` of its own and returns `generate_latest` of
+that registry. The process-wide default registry is never used: several sites can live in one
+process (tests, embedding), and a scrape of one must show only that site's figures.
+
+Every sample carries the `site` label. Counter families are created from their exposed name
+(`mec_requests_total`); `CounterMetricFamily` keeps the name without `_total` and appends it to
+its samples itself, so the text shows the same names as the exposed one. No counter is given a
+`created` time, so no `_created` samples appear (the process-wide `disable_created_metrics()`
+switch only concerns prometheus_client's own `Counter`/`Histogram` objects and is left alone).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
 from tools.metrics_monitor import LATENCY_BUCKETS_MS, MetricsSnapshot, RequestLog
+from tools.probes import GpuMetrics
 from tools.runtimes.base import Instance
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""The media type of what `render` returns (prometheus_client's, for its text format)."""
+
+Reading = float | int | bool | None
+"""A sample's value as the site holds it; None is a reading a probe could not take."""
+
+Row = tuple[Sequence[str], Reading]
+"""One sample of a family: its label values after `site` (in the family's label order), its value."""
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _value(reading: Reading) -> float:
+    """A sample value: booleans are 1/0, a missing reading is NaN."""
+    return math.nan if reading is None else float(reading)
 
 
-def _labels(labels: Mapping[str, Any]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{key}="{_escape(str(value))}"' for key, value in labels.items())
-    return "{" + inner + "}"
+def _le(bound_ms: float) -> str:
+    """A bucket's `le` label: its upper bound in seconds, written as it always was ("0.0025", "5", "+Inf")."""
+    return "+Inf" if math.isinf(bound_ms) else f"{bound_ms / 1000:g}"
 
 
-def _number(value: float | int | bool | None) -> str:
-    if value is None:
-        return "NaN"
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float) and math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if isinstance(value, float) else str(value)
+class SiteCollector:
+    """A prometheus_client custom collector over one site's figures at one moment.
 
+    `collect()` yields a fresh family for each metric the site exposes, built from the data given
+    to the constructor (nothing is sampled here). Families without samples (no GPU, no requests
+    yet) are still yielded, so their HELP and TYPE are always there.
+    """
 
-class Exposition:
-    """Collects metric families and renders them as text."""
-
-    def __init__(self) -> None:
-        self._lines: list[str] = []
-
-    def family(
+    def __init__(
         self,
-        name: str,
-        kind: str,
-        help_: str,
-        samples: Iterable[tuple[Mapping[str, Any], float | int | bool | None]],
+        site_id: str,
+        snapshot: MetricsSnapshot,
+        requests: RequestLog,
+        cache_stats: Mapping[str, Any],
+        instances: Iterable[Instance],
+        chat_turns: Mapping[tuple[str, str], int] | None = None,
+        admission: Mapping[str, Any] | None = None,
     ) -> None:
-        self._lines.append(f"# HELP {name} {help_}")
-        self._lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            self._lines.append(f"{name}{_labels(labels)} {_number(value)}")
+        self.site_id = site_id
+        self.snapshot = snapshot
+        self.requests = requests
+        self.cache_stats = cache_stats
+        self.instances = tuple(instances)
+        self.chat_turns = chat_turns or {}
+        self.admission = admission
 
-    def histogram(
-        self, name: str, help_: str, samples: Iterable[tuple[str, Mapping[str, Any], float | int]]
-    ) -> None:
-        """A histogram family; each sample is (suffix `_bucket`/`_sum`/`_count`, labels, value)."""
-        self._lines.append(f"# HELP {name} {help_}")
-        self._lines.append(f"# TYPE {name} histogram")
-        for suffix, labels, value in samples:
-            self._lines.append(f"{name}{suffix}{_labels(labels)} {_number(value)}")
+    def _gauge(
+        self, name: str, help_: str, rows: Iterable[Row] = (), labels: Sequence[str] = ()
+    ) -> GaugeMetricFamily:
+        """A gauge family labelled `site` and then `labels`."""
+        family = GaugeMetricFamily(name, help_, labels=["site", *labels])
+        for values, reading in rows:
+            family.add_metric([self.site_id, *values], _value(reading))
+        return family
 
-    def render(self) -> str:
-        return "\n".join(self._lines) + "\n"
+    def _counter(
+        self, name: str, help_: str, rows: Iterable[Row] = (), labels: Sequence[str] = ()
+    ) -> CounterMetricFamily:
+        """A counter family labelled `site` and then `labels`; `name` is the exposed name, `_total` included."""
+        if not name.endswith("_total"):
+            raise ValueError(f"a counter is exposed as NAME_total, not {name!r}")
+        family = CounterMetricFamily(name, help_, labels=["site", *labels])
+        for values, reading in rows:
+            family.add_metric([self.site_id, *values], _value(reading))
+        return family
 
+    def _site_gauge(self, name: str, help_: str, reading: Reading) -> GaugeMetricFamily:
+        """A gauge with one sample, labelled `site` only."""
+        return self._gauge(name, help_, [((), reading)])
 
-def _admission(out: Exposition, site: Mapping[str, Any], admission: Mapping[str, Any]) -> None:
-    """The front door, each instance's gate, and answers that came after their budget."""
-    door = admission["door"]
-    out.family(
-        "mec_front_door_refused_total",
-        "counter",
-        "Fast-path requests refused (503) before their body was read: the site was saturated.",
-        [(site, door["refused"])],
-    )
-    out.family(
-        "mec_front_door_limit",
-        "gauge",
-        "Fast-path requests that may wait before the dispatcher (adaptive).",
-        [(site, door["limit"])],
-    )
-    out.family(
-        "mec_front_door_waiting",
-        "gauge",
-        "Fast-path requests waiting before the dispatcher now.",
-        [(site, door["waiting"])],
-    )
-    out.family(
-        "mec_event_loop_lag_seconds",
-        "gauge",
-        "How late the site's event loop runs its timers (smoothed).",
-        [(site, door["loop_lag_ms"] / 1000)],
-    )
-    out.family(
-        "mec_requests_late_total",
-        "counter",
-        "Answers that were ready after the request's budget (sent as 504, never as 200).",
-        [(site, admission["late"])],
-    )
-    gates = sorted(admission["instances"].items())
-    for name, key, kind, help_ in (
-        ("mec_instance_concurrency_limit", "limit", "gauge", "Adaptive concurrency limit of an instance."),
-        ("mec_instance_inflight", "inflight", "gauge", "Requests in flight at an instance."),
-        ("mec_instance_queued", "queued", "gauge", "Requests waiting at the site for an instance."),
-        (
+    def _site_counter(self, name: str, help_: str, reading: Reading) -> CounterMetricFamily:
+        """A counter with one sample, labelled `site` only."""
+        return self._counter(name, help_, [((), reading)])
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family `/metrics` exposes, in the order it always listed them."""
+        yield self._counter(
+            "mec_requests_total",
+            "Client requests by service, route tier and HTTP status.",
+            (
+                ((service, tier, str(status)), count)
+                for (service, tier, status), count in sorted(self.requests.totals.items())
+            ),
+            labels=["service", "tier", "status"],
+        )
+        yield self._request_durations()
+        yield from self._cache()
+        yield from self._instances()
+        yield from self._host_and_gpus()
+        yield self._counter(
+            "mec_chat_turns_total",
+            "Turns of the operator agent (chat and allow_llm requests) by serving model and outcome.",
+            (((model, outcome), count) for (model, outcome), count in sorted(self.chat_turns.items())),
+            labels=["model", "outcome"],
+        )
+        if self.admission is not None:
+            yield from self._admission(self.admission)
+        yield self._site_gauge(
+            "mec_metrics_sample_seconds", "Cost of the last metrics sample.", self.snapshot.sample_ms / 1000
+        )
+
+    def _request_durations(self) -> HistogramMetricFamily:
+        """The request log's latency histograms (cumulative buckets in seconds), one per service."""
+        family = HistogramMetricFamily(
+            "mec_request_duration_seconds",
+            "Time from request arrival to response.",
+            labels=["site", "service"],
+        )
+        for service, histogram in sorted(self.requests.histograms.items()):
+            buckets: list[tuple[str, float]] = []
+            running = 0
+            for bound, count in zip((*LATENCY_BUCKETS_MS, math.inf), histogram.counts, strict=True):
+                running += count
+                buckets.append((_le(bound), running))
+            family.add_metric([self.site_id, service], buckets, histogram.sum_ms / 1000)
+        return family
+
+    def _cache(self) -> Iterator[Metric]:
+        stats = self.cache_stats
+        yield self._counter(
+            "mec_cache_lookups_total",
+            "Cache lookups by result.",
+            [(("hit",), stats["hits"]), (("miss",), stats["misses"])],
+            labels=["result"],
+        )
+        yield self._site_gauge(
+            "mec_cache_entries", "Entries in the in-process cache.", stats["entries_in_memory"]
+        )
+        yield self._gauge(
+            "mec_cache_redis_up",
+            "1 when Redis answers, 0 when the site serves from its in-process cache; absent without Redis.",
+            [((), stats["redis_up"])] if stats["redis_up"] is not None else [],
+        )
+        yield self._site_counter(
+            "mec_cache_redis_outages_total", "Times Redis became unreachable.", stats["redis_outages"]
+        )
+
+    def _instances(self) -> Iterator[Metric]:
+        yield self._gauge(
+            "mec_instance_up",
+            "1 for an instance that passed its health check.",
+            (((i.service, i.id), i.ready) for i in self.instances),
+            labels=["service", "instance"],
+        )
+        yield self._counter(
+            "mec_instance_restarts_total",
+            "Restarts of an instance after it crashed or stopped answering.",
+            (((i.service, i.id), i.restarts) for i in self.instances),
+            labels=["service", "instance"],
+        )
+        yield self._gauge(
+            "mec_instance_cpu_percent",
+            "CPU use of an instance (100 = one core).",
+            (((s.instance_id,), s.cpu_percent) for s in self.snapshot.instances),
+            labels=["instance"],
+        )
+        yield self._gauge(
+            "mec_instance_memory_bytes",
+            "Resident memory of an instance.",
+            (((s.instance_id,), s.memory_bytes) for s in self.snapshot.instances),
+            labels=["instance"],
+        )
+
+    def _host_and_gpus(self) -> Iterator[Metric]:
+        """The host's families (absent before the first sample) and each GPU's."""
+        host = self.snapshot.host
+        if host is not None:
+            yield self._site_gauge("mec_host_cpu_percent", "Host CPU utilisation.", host.cpu_percent)
+            yield self._site_gauge("mec_host_memory_percent", "Host memory in use.", host.memory_percent)
+            yield self._site_gauge("mec_host_load1", "One-minute load average.", host.load_1m)
+        yield self._site_gauge(
+            "mec_gpu_available", "1 when NVML reports at least one GPU.", self.snapshot.gpu_available
+        )
+        readings: tuple[tuple[str, str, Callable[[GpuMetrics], Reading]], ...] = (
+            ("mec_gpu_utilization_percent", "GPU utilisation.", lambda g: g.utilization_percent),
+            ("mec_gpu_memory_used_bytes", "GPU memory in use.", lambda g: g.memory_used_bytes),
+            ("mec_gpu_temperature_celsius", "GPU temperature.", lambda g: g.temperature_c),
+            ("mec_gpu_power_watts", "GPU power draw.", lambda g: g.power_w),
+        )
+        for name, help_, reading in readings:
+            yield self._gauge(
+                name,
+                help_,
+                (((str(g.index), g.name), reading(g)) for g in self.snapshot.gpus),
+                labels=["gpu", "name"],
+            )
+
+    def _admission(self, admission: Mapping[str, Any]) -> Iterator[Metric]:
+        """The front door, each instance's gate, and answers that came after their budget."""
+        door = admission["door"]
+        yield self._site_counter(
+            "mec_front_door_refused_total",
+            "Fast-path requests refused (503) before their body was read: the site was saturated.",
+            door["refused"],
+        )
+        yield self._site_gauge(
+            "mec_front_door_limit",
+            "Fast-path requests that may wait before the dispatcher (adaptive).",
+            door["limit"],
+        )
+        yield self._site_gauge(
+            "mec_front_door_waiting", "Fast-path requests waiting before the dispatcher now.", door["waiting"]
+        )
+        yield self._site_gauge(
+            "mec_event_loop_lag_seconds",
+            "How late the site's event loop runs its timers (smoothed).",
+            door["loop_lag_ms"] / 1000,
+        )
+        yield self._site_counter(
+            "mec_requests_late_total",
+            "Answers that were ready after the request's budget (sent as 504, never as 200).",
+            admission["late"],
+        )
+        gates: list[tuple[str, Mapping[str, Any]]] = sorted(admission["instances"].items())
+        yield self._gauge(
+            "mec_instance_concurrency_limit",
+            "Adaptive concurrency limit of an instance.",
+            (((iid,), figures["limit"]) for iid, figures in gates),
+            labels=["instance"],
+        )
+        yield self._gauge(
+            "mec_instance_inflight",
+            "Requests in flight at an instance.",
+            (((iid,), figures["inflight"]) for iid, figures in gates),
+            labels=["instance"],
+        )
+        yield self._gauge(
+            "mec_instance_queued",
+            "Requests waiting at the site for an instance.",
+            (((iid,), figures["queued"]) for iid, figures in gates),
+            labels=["instance"],
+        )
+        yield self._counter(
             "mec_instance_refused_in_queue_total",
-            "refused_in_queue",
-            "counter",
             "Queued requests refused before being sent: their budget no longer covered the instance's latency.",
-        ),
-    ):
-        out.family(name, kind, help_, (({**site, "instance": iid}, figures[key]) for iid, figures in gates))
-    out.family(
-        "mec_instance_service_seconds",
-        "gauge",
-        "What one more request costs an instance (its recent latency over its concurrency).",
-        (({**site, "instance": iid}, figures["service_ms"] / 1000) for iid, figures in gates),
-    )
+            (((iid,), figures["refused_in_queue"]) for iid, figures in gates),
+            labels=["instance"],
+        )
+        yield self._gauge(
+            "mec_instance_service_seconds",
+            "What one more request costs an instance (its recent latency over its concurrency).",
+            (((iid,), figures["service_ms"] / 1000) for iid, figures in gates),
+            labels=["instance"],
+        )
 
 
 def render(
@@ -127,129 +281,10 @@ def render(
     chat_turns: Mapping[tuple[str, str], int] | None = None,
     admission: Mapping[str, Any] | None = None,
 ) -> str:
-    """Everything `/metrics` exposes, from data already in memory (no sampling here)."""
-    out = Exposition()
-    site = {"site": site_id}
-    out.family(
-        "mec_requests_total",
-        "counter",
-        "Client requests by service, route tier and HTTP status.",
-        (
-            ({**site, "service": service, "tier": tier, "status": status}, count)
-            for (service, tier, status), count in sorted(requests.totals.items())
-        ),
+    """Everything `/metrics` exposes, from data already in memory (no sampling here), as
+    Prometheus text (`CONTENT_TYPE`). Each call uses a registry of its own (see the module)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        SiteCollector(site_id, snapshot, requests, cache_stats, instances, chat_turns, admission)
     )
-    rows: list[tuple[str, Mapping[str, Any], float | int]] = []
-    for service, histogram in sorted(requests.histograms.items()):
-        running = 0
-        for bound, count in zip((*LATENCY_BUCKETS_MS, math.inf), histogram.counts, strict=True):
-            running += count
-            le = "+Inf" if math.isinf(bound) else f"{bound / 1000:g}"
-            rows.append(("_bucket", {**site, "service": service, "le": le}, running))
-        rows.append(("_sum", {**site, "service": service}, histogram.sum_ms / 1000))
-        rows.append(("_count", {**site, "service": service}, histogram.total))
-    out.histogram("mec_request_duration_seconds", "Time from request arrival to response.", rows)
-
-    out.family(
-        "mec_cache_lookups_total",
-        "counter",
-        "Cache lookups by result.",
-        [
-            ({**site, "result": "hit"}, cache_stats["hits"]),
-            ({**site, "result": "miss"}, cache_stats["misses"]),
-        ],
-    )
-    out.family(
-        "mec_cache_entries",
-        "gauge",
-        "Entries in the in-process cache.",
-        [(site, cache_stats["entries_in_memory"])],
-    )
-    out.family(
-        "mec_cache_redis_up",
-        "gauge",
-        "1 when Redis answers, 0 when the site serves from its in-process cache; absent without Redis.",
-        [(site, cache_stats["redis_up"])] if cache_stats["redis_up"] is not None else [],
-    )
-    out.family(
-        "mec_cache_redis_outages_total",
-        "counter",
-        "Times Redis became unreachable.",
-        [(site, cache_stats["redis_outages"])],
-    )
-
-    instance_list = list(instances)
-    out.family(
-        "mec_instance_up",
-        "gauge",
-        "1 for an instance that passed its health check.",
-        (({**site, "service": i.service, "instance": i.id}, i.ready) for i in instance_list),
-    )
-    out.family(
-        "mec_instance_restarts_total",
-        "counter",
-        "Restarts of an instance after it crashed or stopped answering.",
-        (({**site, "service": i.service, "instance": i.id}, i.restarts) for i in instance_list),
-    )
-    out.family(
-        "mec_instance_cpu_percent",
-        "gauge",
-        "CPU use of an instance (100 = one core).",
-        (({**site, "instance": s.instance_id}, s.cpu_percent) for s in snapshot.instances),
-    )
-    out.family(
-        "mec_instance_memory_bytes",
-        "gauge",
-        "Resident memory of an instance.",
-        (({**site, "instance": s.instance_id}, s.memory_bytes) for s in snapshot.instances),
-    )
-
-    host = snapshot.host
-    if host is not None:
-        out.family("mec_host_cpu_percent", "gauge", "Host CPU utilisation.", [(site, host.cpu_percent)])
-        out.family("mec_host_memory_percent", "gauge", "Host memory in use.", [(site, host.memory_percent)])
-        out.family("mec_host_load1", "gauge", "One-minute load average.", [(site, host.load_1m)])
-    out.family(
-        "mec_gpu_available",
-        "gauge",
-        "1 when NVML reports at least one GPU.",
-        [(site, snapshot.gpu_available)],
-    )
-    gpu_rows = [({**site, "gpu": str(g.index), "name": g.name}, g) for g in snapshot.gpus]
-    out.family(
-        "mec_gpu_utilization_percent",
-        "gauge",
-        "GPU utilisation.",
-        ((lbl, g.utilization_percent) for lbl, g in gpu_rows),
-    )
-    out.family(
-        "mec_gpu_memory_used_bytes",
-        "gauge",
-        "GPU memory in use.",
-        ((lbl, g.memory_used_bytes) for lbl, g in gpu_rows),
-    )
-    out.family(
-        "mec_gpu_temperature_celsius",
-        "gauge",
-        "GPU temperature.",
-        ((lbl, g.temperature_c) for lbl, g in gpu_rows),
-    )
-    out.family("mec_gpu_power_watts", "gauge", "GPU power draw.", ((lbl, g.power_w) for lbl, g in gpu_rows))
-    out.family(
-        "mec_chat_turns_total",
-        "counter",
-        "Turns of the operator agent (chat and allow_llm requests) by serving model and outcome.",
-        (
-            ({**site, "model": model, "outcome": outcome}, count)
-            for (model, outcome), count in sorted((chat_turns or {}).items())
-        ),
-    )
-    if admission is not None:
-        _admission(out, site, admission)
-    out.family(
-        "mec_metrics_sample_seconds",
-        "gauge",
-        "Cost of the last metrics sample.",
-        [(site, snapshot.sample_ms / 1000)],
-    )
-    return out.render()
+    return generate_latest(registry).decode("utf-8")
