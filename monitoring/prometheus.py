@@ -19,14 +19,16 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from tools.metrics_monitor import LATENCY_BUCKETS_MS, MetricsSnapshot, RequestLog
 from tools.probes import GpuMetrics
 from tools.runtimes.base import Instance
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The classic text format (0.0.4), which every Prometheus version scrapes; the body uses nothing newer."""
 """The media type of what `render` returns (prometheus_client's, for its text format)."""
 
 Reading = float | int | bool | None

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import prometheus_client
 import pytest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -112,7 +113,7 @@ async def test_metrics_is_for_operator_keys_only(api: Api) -> None:
     assert client.json()["error"]["field"] == "authorization"
     operator = await api.http.get("/metrics", headers={"Authorization": f"Bearer {OPERATOR}"})
     assert operator.status_code == 200
-    assert operator.headers["content-type"] == prometheus_client.CONTENT_TYPE_LATEST
+    assert operator.headers["content-type"] == CONTENT_TYPE_PLAIN_0_0_4
     assert "mec_requests" in {family.name for family in text_string_to_metric_families(operator.text)}
 
 
