@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.errors import error_response, install_error_handlers
 from api.fastlane import FastLane, replay_body
 from api.routes import chat, client_requests, ops, services
-from api.schemas import ServiceRequest
+from api.schemas import ServiceRequest, site_request_rules
 from api.site import Site
 from config.settings import Settings
 
@@ -115,6 +115,7 @@ def _site_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         body = ServiceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(body.pop("$defs", {}))
+        body["allOf"] = site_request_rules(settings.services)
         components["ServiceRequest"] = body
         components["ChatRequest"]["properties"]["message"]["maxLength"] = settings.chat_max_message_chars
         app.openapi_schema = schema

@@ -6,12 +6,25 @@ coerced, so the server accepts exactly what the OpenAPI schema describes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from agent.router import Tier
-from config.settings import ClientKind
+from config.settings import ClientKind, ServiceSettings
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's `integer` includes `100.0`: take it as 100 (strings and booleans stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+BudgetMs = Annotated[int, Field(ge=1, le=60_000), BeforeValidator(_integral)]
+"""A latency budget in ms, an integer as JSON Schema defines one: `100` or `100.0`, never `"100"`
+or `true` (the bounds come before the validator, or pydantic cannot write them into the schema)."""
 
 
 class ClientInfo(BaseModel):
@@ -51,10 +64,13 @@ class ServiceRequest(BaseModel):
         max_length=64,
         description="Service name, see GET /v1/services; null or absent only with `allow_llm: true`.",
     )
-    payload: dict[str, Any] = Field(description="The service's input, a JSON object.")
+    payload: dict[str, Any] = Field(
+        description="The service's input, a JSON object. The service itself validates it: a payload it "
+        "refuses is a 422 whose `field` starts with `payload` (see each service's `example_payload`)."
+    )
     client: ClientInfo
-    latency_budget_ms: int | None = Field(
-        default=None, ge=1, le=60_000, description="Answer within this many ms or fail fast (504)."
+    latency_budget_ms: BudgetMs | None = Field(
+        default=None, description="Answer within this many ms or fail fast (504)."
     )
     cache_key: str | None = Field(
         default=None,
@@ -152,7 +168,7 @@ class ChatRequest(BaseModel):
 
     message: str = Field(
         min_length=1,
-        json_schema_extra={"pattern": r"\S"},
+        json_schema_extra={"pattern": r"\S"},  # checked by the route (api.routes.chat), same regex
         description="What the operator asks, in natural language (not only blanks; at most "
         "`MEC_CHAT_MAX_MESSAGE_CHARS` characters, the `maxLength` of this site's schema).",
     )
@@ -198,3 +214,37 @@ class Readiness(BaseModel):
         description="`service:NAME` (ready and total instances) and `cache` (its backend), each with a status."
     )
     runtime: str | None = Field(default=None, description="The runtime's name (operator keys only).")
+
+
+def site_request_rules(services: Mapping[str, ServiceSettings]) -> list[dict[str, Any]]:
+    """JSON Schema clauses (`allOf`) of what the server enforces on a `ServiceRequest` that depends
+    on this site's services, so that a schema-driven client and the server agree:
+
+    * a known service takes `cache_ttl_s` up to its own `max_cache_ttl_s` (else 422);
+    * a request the agent answers (`allow_llm: true` without one of these services) needs its
+      question as a non-blank `payload.text` (else 400).
+    """
+    rules: list[dict[str, Any]] = [
+        {
+            "if": {"required": ["service"], "properties": {"service": {"const": name}}},
+            "then": {"properties": {"cache_ttl_s": {"maximum": svc.max_cache_ttl_s}}},
+        }
+        for name, svc in services.items()
+    ]
+    rules.append(
+        {
+            "if": {
+                "required": ["allow_llm"],
+                "properties": {"allow_llm": {"const": True}, "service": {"not": {"enum": list(services)}}},
+            },
+            "then": {
+                "properties": {
+                    "payload": {
+                        "required": ["text"],
+                        "properties": {"text": {"type": "string", "pattern": r"\S"}},
+                    }
+                }
+            },
+        }
+    )
+    return rules

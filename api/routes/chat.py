@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,13 +29,18 @@ _EVENTS_DOC = (
 )
 
 
+_NOT_BLANK = re.compile(r"[^\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]")
+"""The schema's `pattern` of `message` (a non-blank character) as JSON Schema reads it: an ECMA-262
+regex, whose whitespace differs from Python's (U+001C-U+001F and U+0085 are not blank there)."""
+
+
 def _checked_message(body: ChatRequest, limit: int) -> str:
     """The message, or a 422 for what the schema's `pattern` and `maxLength` say."""
-    if not body.message.strip():
+    if not _NOT_BLANK.search(body.message):
         raise SiteError(422, "invalid_field", "message: must not be blank", "message")
     if len(body.message) > limit:
         raise SiteError(422, "invalid_field", f"message: longer than {limit} characters", "message")
-    return body.message.strip()
+    return body.message.strip() or body.message
 
 
 @router.post(

@@ -18,23 +18,31 @@ router = APIRouter(tags=["operations"])
 _OPERATOR_READS = [Security(require("metrics_monitor"))]
 
 
-@router.api_route(
-    "/healthz", methods=["GET", "HEAD"], response_model=Health, summary="Liveness: the process answers"
-)
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+@router.head("/healthz", response_model=Health, operation_id="healthz_head", summary="Liveness, no body")
 async def healthz() -> dict[str, str]:
     """Always 200 while the process serves HTTP; `HEAD` answers the same without a body."""
     return {"status": "ok"}
 
 
-@router.api_route(
+_READINESS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **error_responses(401),
+    503: {"model": Readiness, "description": "No service has a ready instance"},
+}
+
+
+@router.get(
     "/readyz",
-    methods=["GET", "HEAD"],
     response_model=Readiness,
-    responses={
-        **error_responses(401),
-        503: {"model": Readiness, "description": "No service has a ready instance"},
-    },
+    responses=_READINESS_RESPONSES,
     summary="Readiness: instances up; cache backend state",
+)
+@router.head(
+    "/readyz",
+    response_model=Readiness,
+    responses=_READINESS_RESPONSES,
+    operation_id="readyz_head",
+    summary="Readiness, no body (for load balancers)",
 )
 async def readyz(site: SiteDep, caller: MaybeCaller) -> JSONResponse:
     """200 while at least one service has a ready instance (status `ready` or `degraded`), else 503.
