@@ -28,6 +28,15 @@ from strands.types.tools import AgentTool
 
 from agent.limits import MutationLimiter
 from agent.scopes import scope_for
+from tools.cache_manager import CACHE_DESTRUCTIVE, CACHE_MUTATIONS, CACHE_READS
+from tools.container_ops import (
+    CONTAINER_DESTRUCTIVE,
+    CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS,
+    CONTAINER_MUTATIONS,
+    CONTAINER_READS,
+    CONTAINER_SERVICE_ACTIONS,
+)
+from tools.metrics_monitor import METRICS_MONITOR_READS_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +45,45 @@ CALLER_KEY = "mec_caller"
 
 Effect = Literal["read", "mutate", "destructive"]
 
-_READS: dict[str, set[str]] = {
-    "metrics_monitor": {"*"},
-    "container_ops": {"list", "logs", "inspect"},
-    "cache_manager": {"get", "stats"},
+
+@dataclass(frozen=True)
+class ToolEffects:
+    """One tool's actions (the values of its `action` input) by effect, as its module defines them."""
+
+    reads: frozenset[str] = frozenset()
+    mutations: frozenset[str] = frozenset()
+    """Listed to make the table whole: `classify` counts any action it does not know as a mutation."""
+    destructive: frozenset[str] = frozenset()
+    destructive_at_zero_replicas: frozenset[str] = frozenset()
+    """Mutations that are destructive when the call's `replicas` is 0."""
+    every_call_reads: bool = False
+    """A tool without actions that changes nothing."""
+
+
+TOOL_EFFECTS: Mapping[str, ToolEffects] = {
+    "metrics_monitor": ToolEffects(every_call_reads=METRICS_MONITOR_READS_ONLY),
+    "container_ops": ToolEffects(
+        reads=CONTAINER_READS,
+        mutations=CONTAINER_MUTATIONS,
+        destructive=CONTAINER_DESTRUCTIVE,
+        destructive_at_zero_replicas=CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS,
+    ),
+    "cache_manager": ToolEffects(reads=CACHE_READS, mutations=CACHE_MUTATIONS, destructive=CACHE_DESTRUCTIVE),
 }
-_DESTRUCTIVE: dict[str, set[str]] = {"container_ops": {"stop"}, "cache_manager": {"flush"}}
+"""The effects of each tool's actions, by tool name; each tool's module is the one definition."""
+
+_UNKNOWN_TOOL = ToolEffects()
 
 
 def classify(tool: str, tool_input: Mapping[str, Any]) -> Effect:
-    """The effect of one tool call. Tools this table does not know count as mutations."""
+    """The effect of one tool call. Tools and actions `TOOL_EFFECTS` does not know count as mutations."""
+    effects = TOOL_EFFECTS.get(tool, _UNKNOWN_TOOL)
     action = str(tool_input.get("action", ""))
-    reads = _READS.get(tool, set())
-    if "*" in reads or action in reads:
+    if effects.every_call_reads or action in effects.reads:
         return "read"
-    if action in _DESTRUCTIVE.get(tool, set()):
+    if action in effects.destructive:
         return "destructive"
-    if tool == "container_ops" and action == "scale" and tool_input.get("replicas") == 0:
+    if action in effects.destructive_at_zero_replicas and tool_input.get("replicas") == 0:
         return "destructive"
     return "mutate"
 
@@ -146,7 +177,7 @@ class ToolPolicy(HookProvider):
             return None
         if caller.read_only:
             return f"refused: {tool} {action} changes the site, and this request may only read"
-        if tool == "container_ops" and action in ("start", "scale"):
+        if tool == "container_ops" and isinstance(action, str) and action in CONTAINER_SERVICE_ACTIONS:
             service = tool_input.get("service")
             if service not in self.services:
                 return (

@@ -30,7 +30,7 @@ from tools.caches.redis import RedisCache
 from tools.container_ops import container_ops_tool
 from tools.metrics_monitor import MetricsMonitor, RequestLog, metrics_monitor_tool
 from tools.probes import GpuProbe, HostProbe
-from tools.runtimes.base import Runtime, RuntimeError_, WorkloadSpec
+from tools.runtimes.base import Runtime, WorkloadRuntimeError, WorkloadSpec
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ async def open_runtime(runtime: Runtime) -> None:
     """Connect the runtime to what it drives; `SiteStartError` when that cannot be reached."""
     try:
         await runtime.open()
-    except RuntimeError_ as exc:
+    except WorkloadRuntimeError as exc:
         raise SiteStartError(f"runtime {runtime.name!r} is not usable: {exc}") from exc
 
 
@@ -108,7 +108,7 @@ async def start_services(settings: Settings, runtime: Runtime) -> dict[str, str]
     errors: dict[str, str] = {}
     for name, result in zip(settings.services, results, strict=True):
         if isinstance(result, BaseException):
-            if not isinstance(result, RuntimeError_ | OSError):
+            if not isinstance(result, WorkloadRuntimeError | OSError):
                 raise result
             errors[name] = str(result)
             log.error("service %s did not start: %s", name, result)

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from strands import tool
 from strands.types.tools import AgentTool
@@ -324,12 +324,24 @@ def is_internal(namespace: str) -> bool:
     return namespace.startswith(INTERNAL_NAMESPACE_PREFIX)
 
 
+CacheAction = Literal["get", "set", "delete", "stats", "flush"]
+"""The one list of `cache_manager` actions; each is in exactly one of the three sets below."""
+CACHE_ACTIONS: frozenset[CacheAction] = frozenset(get_args(CacheAction))
+
+CACHE_READS: frozenset[CacheAction] = frozenset({"get", "stats"})
+"""Actions that change nothing."""
+CACHE_MUTATIONS: frozenset[CacheAction] = frozenset({"set", "delete"})
+"""Actions that change one entry."""
+CACHE_DESTRUCTIVE: frozenset[CacheAction] = frozenset({"flush"})
+"""Actions that remove a whole namespace; the policy wants the caller's confirmation first."""
+
+
 def cache_manager_tool(cache: CacheManager) -> AgentTool:
     """Build the `cache_manager` tool over one site's cache."""
 
     @tool(name="cache_manager")
     async def cache_manager(
-        action: Literal["get", "set", "delete", "stats", "flush"],
+        action: CacheAction,
         namespace: str | None = None,
         key: str | None = None,
         value: Any = None,

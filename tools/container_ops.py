@@ -6,7 +6,7 @@ services and images, so the tool cannot start anything the site's config does no
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from strands import tool
 from strands.types.tools import AgentTool
@@ -14,6 +14,20 @@ from strands.types.tools import AgentTool
 from tools.runtimes.base import Runtime
 
 ContainerAction = Literal["list", "start", "stop", "restart", "scale", "logs", "inspect"]
+"""The one list of `container_ops` actions; each is in exactly one of the three sets below."""
+CONTAINER_ACTIONS: frozenset[ContainerAction] = frozenset(get_args(ContainerAction))
+
+CONTAINER_READS: frozenset[ContainerAction] = frozenset({"list", "logs", "inspect"})
+"""Actions that change nothing."""
+CONTAINER_MUTATIONS: frozenset[ContainerAction] = frozenset({"start", "restart", "scale"})
+"""Actions that change the site; another action can undo what they did."""
+CONTAINER_DESTRUCTIVE: frozenset[ContainerAction] = frozenset({"stop"})
+"""Actions that take something away for good; the policy wants the caller's confirmation first."""
+CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS: frozenset[ContainerAction] = frozenset({"scale"})
+"""Mutations that are destructive when `replicas` is 0: scaling a service to 0 stops all of it."""
+CONTAINER_SERVICE_ACTIONS: frozenset[ContainerAction] = frozenset({"start", "scale"})
+"""Actions on a `service` rather than an instance; they start instances of it (from `image`,
+for a start), so the policy checks both against the site's allowlists first."""
 
 
 def container_ops_tool(runtime: Runtime, max_replicas: dict[str, int] | None = None) -> AgentTool:
@@ -54,7 +68,7 @@ def container_ops_tool(runtime: Runtime, max_replicas: dict[str, int] | None = N
         if action == "list":
             instances = runtime.instances(service)
             return {"runtime": runtime.name, "instances": [inst.to_dict() for inst in instances]}
-        if action in ("start", "scale"):
+        if action in CONTAINER_SERVICE_ACTIONS:
             if not service:
                 raise ValueError(f"action {action!r} needs a service")
             if action == "start":

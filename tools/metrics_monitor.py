@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from strands import tool
 from strands.types.tools import AgentTool
@@ -230,6 +230,10 @@ class MetricsMonitor:
 
 
 MetricsSection = Literal["all", "host", "gpu", "instances", "requests"]
+
+METRICS_MONITOR_READS_ONLY: Final = True
+"""`metrics_monitor` has no actions (only a `section` to report) and changes nothing: every call
+is a read. Given actions, it would define and classify them the way `container_ops` does."""
 
 
 def metrics_monitor_tool(monitor: MetricsMonitor) -> AgentTool:

@@ -20,19 +20,20 @@ from typing import Any, Literal
 InstanceState = Literal["starting", "running", "unhealthy", "restarting", "exited", "stopped"]
 
 
-class RuntimeError_(Exception):
-    """Base class for runtime failures that a caller can report to a user."""
+class WorkloadRuntimeError(Exception):
+    """Base class for failures of the runtime that runs the site's workloads, which a caller can
+    report to a user (not the builtin `RuntimeError`)."""
 
 
-class NotAllowedError(RuntimeError_):
+class NotAllowedError(WorkloadRuntimeError):
     """A service or image that the site's allowlist does not name."""
 
 
-class UnknownInstanceError(RuntimeError_):
+class UnknownInstanceError(WorkloadRuntimeError):
     """An instance id that this runtime does not own."""
 
 
-class StartError(RuntimeError_):
+class StartError(WorkloadRuntimeError):
     """An instance that could not be started or never became healthy."""
 
 
@@ -173,8 +174,8 @@ class Runtime(ABC):
         return spec, chosen
 
     async def open(self) -> None:  # noqa: B027 (an optional hook: most runtimes need nothing here)
-        """Connect to whatever the runtime drives (e.g. the Docker engine); raise `RuntimeError_`
-        when it cannot be reached. The default does nothing."""
+        """Connect to whatever the runtime drives (e.g. the Docker engine); raise
+        `WorkloadRuntimeError` when it cannot be reached. The default does nothing."""
 
     @abstractmethod
     async def start(self, service: str, count: int = 1, image: str | None = None) -> list[Instance]:

@@ -24,7 +24,7 @@ Lifecycle:
 
 Every engine call is blocking (docker SDK over a Unix socket) and runs in a worker thread;
 `instances()` and `ready_instances()` read memory only. Engine failures reach callers as
-`RuntimeError_` subclasses, never as docker SDK or requests exceptions.
+`WorkloadRuntimeError` subclasses, never as docker SDK or requests exceptions.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ from tools.runtimes.base import (
     Instance,
     InstanceStats,
     Runtime,
-    RuntimeError_,
     StartError,
     UnknownInstanceError,
+    WorkloadRuntimeError,
     WorkloadSpec,
     free_port,
 )
@@ -98,11 +98,11 @@ LOG_LINES_IN_ERRORS = 20
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
-class EngineUnavailableError(RuntimeError_):
+class EngineUnavailableError(WorkloadRuntimeError):
     """The Docker engine cannot be reached (not running, wrong socket, no permission)."""
 
 
-class EngineError(RuntimeError_):
+class EngineError(WorkloadRuntimeError):
     """The Docker engine refused or failed a request."""
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
@@ -110,7 +110,7 @@ class EngineError(RuntimeError_):
         self.status_code = status_code
 
 
-class ContainerGoneError(RuntimeError_):
+class ContainerGoneError(WorkloadRuntimeError):
     """The container behind an instance no longer exists on the engine."""
 
 
@@ -132,7 +132,7 @@ def connect_engine(docker_url: str | None = None, timeout_s: int = ENGINE_TIMEOU
     return client
 
 
-def _translate(exc: BaseException, what: str) -> RuntimeError_ | None:
+def _translate(exc: BaseException, what: str) -> WorkloadRuntimeError | None:
     """The runtime error for an exception raised by the docker SDK, or None to re-raise as is."""
     if isinstance(exc, docker.errors.ImageNotFound):
         return StartError(
@@ -284,7 +284,7 @@ class DockerRuntime(Runtime):
             try:
                 if stop_instances:
                     await self._remove_site_containers(client)
-            except RuntimeError_ as exc:
+            except WorkloadRuntimeError as exc:
                 log.warning("could not remove the containers of site %s: %s", self.site_id, exc)
             finally:
                 client.close()
@@ -324,7 +324,7 @@ class DockerRuntime(Runtime):
             # All or nothing: a partial start would leave the caller guessing what runs.
             await asyncio.gather(*(self._discard(inst.id) for inst in started), return_exceptions=True)
             first = failures[0]
-            if isinstance(first, RuntimeError_ | asyncio.CancelledError):
+            if isinstance(first, WorkloadRuntimeError | asyncio.CancelledError):
                 raise first
             raise StartError(f"starting {service!r} failed: {first!r}") from first
         return started
@@ -508,7 +508,7 @@ class DockerRuntime(Runtime):
             if isinstance(sample, ContainerGoneError):
                 continue
             if isinstance(sample, BaseException):
-                if isinstance(sample, RuntimeError_):
+                if isinstance(sample, WorkloadRuntimeError):
                     raise sample
                 raise EngineError(f"stats of {inst.id}: {sample!r}") from sample
             result.append(self._to_stats(inst, sample))
@@ -577,7 +577,7 @@ class DockerRuntime(Runtime):
                 if not self._engine_down_logged:
                     log.error("supervision of site %s paused: %s", self.site_id, exc)
                     self._engine_down_logged = True
-            except RuntimeError_ as exc:
+            except WorkloadRuntimeError as exc:
                 log.warning("supervision of site %s: %s", self.site_id, exc)
             except Exception:
                 log.exception("supervision of site %s failed; retrying", self.site_id)
@@ -860,7 +860,7 @@ class DockerRuntime(Runtime):
             raw = await self._engine(
                 client.api.logs, container_id, stdout=True, stderr=True, tail=LOG_LINES_IN_ERRORS
             )
-        except RuntimeError_:
+        except WorkloadRuntimeError:
             return ""
         return raw.decode("utf-8", "replace").rstrip() if isinstance(raw, bytes) else str(raw)
 
@@ -870,7 +870,7 @@ class DockerRuntime(Runtime):
             return
         try:
             await self._engine(_remove_quietly, client, container_id)
-        except RuntimeError_ as exc:
+        except WorkloadRuntimeError as exc:
             log.warning("could not remove container %s: %s", container_id, exc)
 
     # --- plumbing ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from tools.runtimes.base import RuntimeError_
+from tools.runtimes.base import WorkloadRuntimeError
 from tools.runtimes.docker import connect_engine
 
 DEFAULT_BASE_IMAGE = "mec-python-base:bookworm"
@@ -67,7 +67,7 @@ _CONTEXT_SKIP = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class ImageBuildError(RuntimeError_):
+class ImageBuildError(WorkloadRuntimeError):
     """An image could not be built (missing tool, mirror unreachable, failed build step)."""
 
 
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.name, base.name, args.source_dir, docker_url=args.docker_url
                 ).describe()
             )
-    except RuntimeError_ as exc:
+    except WorkloadRuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

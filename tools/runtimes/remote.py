@@ -50,9 +50,9 @@ from tools.runtimes.base import (
     InstanceStats,
     NotAllowedError,
     Runtime,
-    RuntimeError_,
     StartError,
     UnknownInstanceError,
+    WorkloadRuntimeError,
     WorkloadSpec,
 )
 
@@ -70,12 +70,16 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(Instance))
 _STATS_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceStats))
 _ERRORS: dict[str, type[Exception]] = {
     cls.__name__: cls
-    for cls in (NotAllowedError, UnknownInstanceError, StartError, RuntimeError_, ValueError)
+    for cls in (NotAllowedError, UnknownInstanceError, StartError, WorkloadRuntimeError, ValueError)
 }
-"""Exception types that cross the socket as themselves; any other arrives as `RuntimeError_`."""
+"""Exception types that cross the socket as themselves; any other arrives as `WorkloadRuntimeError`.
+
+An error's wire `type` is its class name. A name this end does not know arrives as
+`WorkloadRuntimeError` too, so a peer from before that class was renamed (it sent and read
+"RuntimeError_") still gets the same base class across the socket."""
 
 
-class ProtocolError(RuntimeError_):
+class ProtocolError(WorkloadRuntimeError):
     """The other end sent something that is not this protocol (or too much of it)."""
 
 
@@ -135,13 +139,13 @@ def _error(exc: BaseException) -> dict[str, str]:
     for cls in type(exc).__mro__:
         if _ERRORS.get(cls.__name__) is cls:
             return {"type": cls.__name__, "message": str(exc)}
-    return {"type": RuntimeError_.__name__, "message": f"{type(exc).__name__}: {exc}"}
+    return {"type": WorkloadRuntimeError.__name__, "message": f"{type(exc).__name__}: {exc}"}
 
 
 def _raise(error: Any) -> Exception:
     if not isinstance(error, dict):
         return ProtocolError("a malformed error")
-    cls = _ERRORS.get(str(error.get("type")), RuntimeError_)
+    cls = _ERRORS.get(str(error.get("type")), WorkloadRuntimeError)
     return cls(str(error.get("message", "")))
 
 
@@ -368,7 +372,7 @@ class RuntimeServer:
             self._sync(peer, instance_id)  # every worker stops sending to it now
         elif op == "call":
             if len(peer.calls) >= MAX_CALLS_PER_CONNECTION:
-                busy = RuntimeError_(f"more than {MAX_CALLS_PER_CONNECTION} runtime calls at once")
+                busy = WorkloadRuntimeError(f"more than {MAX_CALLS_PER_CONNECTION} runtime calls at once")
                 reply = {"op": "result", "id": message.get("id"), "error": _error(busy)}
                 _write(peer.writer, _line(reply), self.max_unsent_bytes)
                 return
@@ -385,13 +389,13 @@ class RuntimeServer:
             value = await self._invoke(message.get("method"), message.get("args"))
             reply: dict[str, Any] = {"op": "result", "id": call_id, "value": value}
         except Exception as exc:
-            if not isinstance(exc, RuntimeError_ | ValueError):
+            if not isinstance(exc, WorkloadRuntimeError | ValueError):
                 log.exception("runtime call %s failed", message.get("method"))
             reply = {"op": "result", "id": call_id, "error": _error(exc)}
         self._sync()  # the worker sees what the call changed before its answer
         line = _line(reply)
         if len(line) > self.max_message_bytes:
-            too_big = RuntimeError_(
+            too_big = WorkloadRuntimeError(
                 f"the answer is {len(line)} bytes, over the {self.max_message_bytes} a runtime message may take"
             )
             line = _line({"op": "result", "id": call_id, "error": _error(too_big)})
@@ -430,8 +434,8 @@ class RemoteRuntime(Runtime):
     `instances()` and `ready_instances()` read the local copy; `report_failure()` marks the
     instance unhealthy in it at once and tells the supervisor; the other methods are calls that
     raise what the supervisor's runtime raised. When the connection drops the worker goes on with
-    its last copy (`connected` is False, calls raise `RuntimeError_`) and reconnects with backoff;
-    the supervisor then sends the whole table again. `close()` disconnects and stops nothing.
+    its last copy (`connected` is False, calls raise `WorkloadRuntimeError`) and reconnects with
+    backoff; the supervisor then sends the whole table again. `close()` disconnects and stops nothing.
     """
 
     owns_instances = False
@@ -479,13 +483,13 @@ class RemoteRuntime(Runtime):
     # -- the connection --------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect and receive the table of instances; `RuntimeError_` when that fails."""
+        """Connect and receive the table of instances; `WorkloadRuntimeError` when that fails."""
         if self._task is not None:
             return
         try:
             reader = await self._connect()
-        except (OSError, TimeoutError, RuntimeError_) as exc:
-            raise RuntimeError_(f"cannot reach the site's runtime at {self.path}: {exc}") from exc
+        except (OSError, TimeoutError, WorkloadRuntimeError) as exc:
+            raise WorkloadRuntimeError(f"cannot reach the site's runtime at {self.path}: {exc}") from exc
         self._task = asyncio.get_running_loop().create_task(self._run(reader))
 
     async def _connect(self) -> asyncio.StreamReader:
@@ -498,7 +502,7 @@ class RemoteRuntime(Runtime):
             if welcome is None:
                 raise ProtocolError("the supervisor closed the connection")
             if welcome.get("op") == "refused":
-                raise RuntimeError_(f"refused: {welcome.get('message')}")
+                raise WorkloadRuntimeError(f"refused: {welcome.get('message')}")
             if welcome.get("op") != "welcome" or not isinstance(welcome.get("instances"), list):
                 raise ProtocolError("no welcome from the supervisor")
             self.name = str(welcome.get("runtime") or self.name)
@@ -535,7 +539,7 @@ class RemoteRuntime(Runtime):
                 backoff = min(backoff * 2, self.reconnect_max_s)
                 try:
                     reader = await self._connect()
-                except (OSError, TimeoutError, RuntimeError_) as exc:
+                except (OSError, TimeoutError, WorkloadRuntimeError) as exc:
                     log.debug("reconnecting to the site's runtime: %s", exc)
                     continue
                 self.reconnects += 1
@@ -550,7 +554,9 @@ class RemoteRuntime(Runtime):
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
-                future.set_exception(RuntimeError_(f"lost the connection to the site's runtime ({reason})"))
+                future.set_exception(
+                    WorkloadRuntimeError(f"lost the connection to the site's runtime ({reason})")
+                )
 
     def _handle(self, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -628,7 +634,9 @@ class RemoteRuntime(Runtime):
     async def _call(self, method: str, args: dict[str, Any], timeout_s: float) -> Any:
         writer = self._writer
         if not self.connected or writer is None:
-            raise RuntimeError_("the site's runtime is not connected (reconnecting); try again shortly")
+            raise WorkloadRuntimeError(
+                "the site's runtime is not connected (reconnecting); try again shortly"
+            )
         self._next_id += 1
         call_id = self._next_id
         line = _line({"op": "call", "id": call_id, "method": method, "args": args})
@@ -638,10 +646,10 @@ class RemoteRuntime(Runtime):
         self._pending[call_id] = future
         try:
             if not _write(writer, line, self.max_unsent_bytes):
-                raise RuntimeError_("the connection to the site's runtime is closing")
+                raise WorkloadRuntimeError("the connection to the site's runtime is closing")
             reply = await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
-            raise RuntimeError_(
+            raise WorkloadRuntimeError(
                 f"the site's runtime did not answer {method} within {timeout_s:g} s (it may still finish)"
             ) from None
         finally:

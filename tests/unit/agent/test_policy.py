@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, get_args
+
 import pytest
+from strands.types.tools import AgentTool
 
 from agent.limits import MutationLimiter
-from agent.policy import Caller, ToolPolicy, classify
+from agent.policy import TOOL_EFFECTS, Caller, ToolPolicy, classify
+from tests.support.workloads import StaticRuntime
+from tools import cache_manager, container_ops
+from tools.caches.memory import MemoryCache
+from tools.metrics_monitor import MetricsMonitor, RequestLog, metrics_monitor_tool
+from tools.probes import GpuProbe, HostProbe
 
 OPERATOR = frozenset({"client", "operator"})
 CLIENT = frozenset({"client"})
@@ -39,6 +48,97 @@ def _policy(clock: Clock | None = None, per_minute: int = 3) -> ToolPolicy:
 )
 def test_tool_calls_are_classified_by_effect(tool: str, tool_input: dict, effect: str) -> None:
     assert classify(tool, tool_input) == effect
+
+
+# Each tool's module defines its actions (a Literal) and their effects (three sets). The invariant:
+# the three sets partition the Literal (every action in exactly one, none outside it), so an action
+# added to the Literal but not classified, or classified twice, fails here.
+ACTION_TOOLS: dict[str, tuple[Any, frozenset[str], frozenset[str], frozenset[str]]] = {
+    "container_ops": (
+        container_ops.ContainerAction,
+        container_ops.CONTAINER_READS,
+        container_ops.CONTAINER_MUTATIONS,
+        container_ops.CONTAINER_DESTRUCTIVE,
+    ),
+    "cache_manager": (
+        cache_manager.CacheAction,
+        cache_manager.CACHE_READS,
+        cache_manager.CACHE_MUTATIONS,
+        cache_manager.CACHE_DESTRUCTIVE,
+    ),
+}
+EFFECT_OF_SET = ("read", "mutate", "destructive")
+EVERY_ACTION = [
+    (tool, action, effect)
+    for tool, (literal, *sets) in ACTION_TOOLS.items()
+    for action in get_args(literal)
+    for effect, named in zip(EFFECT_OF_SET, sets, strict=True)
+    if action in named
+]
+
+
+def _site_tools(tmp_path: Path) -> dict[str, AgentTool]:
+    tools = [
+        container_ops.container_ops_tool(StaticRuntime([])),
+        cache_manager.cache_manager_tool(cache_manager.CacheManager(MemoryCache(10))),
+        metrics_monitor_tool(MetricsMonitor(HostProbe(tmp_path), GpuProbe(), RequestLog())),
+    ]
+    return {t.tool_name: t for t in tools}
+
+
+@pytest.mark.parametrize("tool", sorted(ACTION_TOOLS))
+def test_each_action_of_a_tool_has_exactly_one_effect_in_its_own_module(tool: str) -> None:
+    literal, *sets = ACTION_TOOLS[tool]
+    actions = set(get_args(literal))
+    for action in sorted(actions):
+        named_by = [effect for effect, named in zip(EFFECT_OF_SET, sets, strict=True) if action in named]
+        assert len(named_by) == 1, f"{tool} {action!r} is classified as {named_by or 'nothing'}"
+    strays = set().union(*sets) - actions
+    assert not strays, f"{tool} classifies actions it does not have: {sorted(strays)}"
+
+
+def test_scaling_to_zero_is_the_one_conditional_effect_and_only_of_mutations() -> None:
+    # A read listed here would never reach the replicas check (reads are answered first).
+    assert container_ops.CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS == {"scale"}
+    assert container_ops.CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS <= container_ops.CONTAINER_MUTATIONS
+    assert container_ops.CONTAINER_SERVICE_ACTIONS <= container_ops.CONTAINER_ACTIONS
+
+
+def test_the_tools_take_exactly_the_actions_their_module_defines(tmp_path: Path) -> None:
+    tools = _site_tools(tmp_path)
+    assert set(TOOL_EFFECTS) == set(tools)  # the policy knows every tool the site gives its agent
+    for name, (literal, *_) in ACTION_TOOLS.items():
+        schema = tools[name].tool_spec["inputSchema"]["json"]["properties"]["action"]
+        assert set(schema["enum"]) == set(get_args(literal)), name
+    assert container_ops.CONTAINER_ACTIONS == set(get_args(container_ops.ContainerAction))
+    assert cache_manager.CACHE_ACTIONS == set(get_args(cache_manager.CacheAction))
+    # metrics_monitor has no actions to classify: every call of it reads.
+    assert "action" not in tools["metrics_monitor"].tool_spec["inputSchema"]["json"]["properties"]
+
+
+@pytest.mark.parametrize(("tool", "action", "effect"), EVERY_ACTION)
+def test_classify_agrees_with_the_tools_own_sets(tool: str, action: str, effect: str) -> None:
+    assert classify(tool, {"action": action}) == effect
+    if tool == "container_ops" and action in container_ops.CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS:
+        assert classify(tool, {"action": action, "service": "sensor", "replicas": 0}) == "destructive"
+        assert classify(tool, {"action": action, "service": "sensor", "replicas": 1}) == effect
+
+
+@pytest.mark.parametrize("tool_input", [{}, {"section": "all"}, {"section": "no-such-section"}])
+def test_every_metrics_monitor_call_reads(tool_input: dict) -> None:
+    assert classify("metrics_monitor", tool_input) == "read"
+
+
+@pytest.mark.parametrize("tool", sorted(ACTION_TOOLS))
+def test_an_action_a_tool_does_not_define_counts_as_a_mutation(tool: str) -> None:
+    assert classify(tool, {"action": "no-such-action"}) == "mutate"
+    assert classify(tool, {}) == "mutate"
+
+
+def test_a_malformed_action_is_judged_without_failing() -> None:
+    # Input the tool's model rejects reaches the policy raw; the tool then refuses it itself.
+    caller = Caller("s", OPERATOR)
+    assert _policy().refusal(caller, "container_ops", {"action": ["start"], "service": "miner"}) is None
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.runtimes.base import NotAllowedError, RuntimeError_, WorkloadSpec
+from tools.runtimes.base import NotAllowedError, WorkloadRuntimeError, WorkloadSpec
 from tools.runtimes.docker import DockerRuntime, EngineUnavailableError
 
 IMAGE = "mec-workloads:0.1"
@@ -53,7 +53,7 @@ async def test_allowed_start_reports_the_missing_engine_clearly(
 ) -> None:
     with pytest.raises(EngineUnavailableError, match=r"no-engine\.sock") as caught:
         await runtime.start("sensor")
-    assert isinstance(caught.value, RuntimeError_)
+    assert isinstance(caught.value, WorkloadRuntimeError)
     with pytest.raises(EngineUnavailableError):
         await runtime.open()
     assert runtime.instances() == []

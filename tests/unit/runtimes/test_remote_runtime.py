@@ -17,13 +17,13 @@ from tools.runtimes.base import (
     Instance,
     NotAllowedError,
     Runtime,
-    RuntimeError_,
     StartError,
     UnknownInstanceError,
+    WorkloadRuntimeError,
     WorkloadSpec,
 )
 from tools.runtimes.local import LocalRuntime
-from tools.runtimes.remote import RemoteRuntime, RuntimeServer
+from tools.runtimes.remote import RemoteRuntime, RuntimeServer, _error, _raise
 
 TOKEN = "t0ken-for-this-test-run"
 IMAGE = "mec-workloads:0.1"
@@ -136,6 +136,18 @@ async def test_errors_come_back_as_the_same_types_with_their_messages(
         assert remote.connected  # errors are answers, not broken connections
 
 
+def test_the_runtime_error_crosses_the_wire_by_its_class_name_and_unknown_names_decode_as_it() -> None:
+    assert not issubclass(WorkloadRuntimeError, RuntimeError)  # the site's own, not the builtin
+    wire = json.loads(json.dumps(_error(WorkloadRuntimeError("engine gone"))))
+    assert wire == {"type": "WorkloadRuntimeError", "message": "engine gone"}
+    assert type(_raise(wire)) is WorkloadRuntimeError
+    # Any other exception travels as the base class, its own type in the message.
+    assert _error(KeyError("k")) == {"type": "WorkloadRuntimeError", "message": "KeyError: 'k'"}
+    # A peer from before the rename sends the base class as "RuntimeError_": still the base class here.
+    old = _raise({"type": "RuntimeError_", "message": "engine gone"})
+    assert type(old) is WorkloadRuntimeError and str(old) == "engine gone"
+
+
 async def test_a_wrong_token_is_refused_and_the_socket_is_private(tmp_path: Path) -> None:
     path = tmp_path / "rt.sock"
     server = RuntimeServer(_static("svc-1"), path, TOKEN)
@@ -143,7 +155,7 @@ async def test_a_wrong_token_is_refused_and_the_socket_is_private(tmp_path: Path
     intruder = _remote(path, token="not-the-token")
     try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        with pytest.raises(RuntimeError_, match="refused: wrong or missing token"):
+        with pytest.raises(WorkloadRuntimeError, match="refused: wrong or missing token"):
             await intruder.open()
         assert intruder.instances() == [] and server.peers == 0
     finally:
@@ -230,7 +242,7 @@ async def test_the_worker_keeps_its_copy_and_reconnects_after_the_server_restart
         await first.close()
         await eventually(lambda: not remote.connected, "the worker noticed")
         assert [i.id for i in remote.ready_instances("svc")] == ["svc-1"]  # still serving from it
-        with pytest.raises(RuntimeError_, match="not connected"):
+        with pytest.raises(WorkloadRuntimeError, match="not connected"):
             await remote.logs("svc-1")
         assert await remote.stats() == []  # the last figures, so the worker's sampler goes on
 
