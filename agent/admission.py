@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from agent.inflight import LoadCounters
 from tools.runtimes.base import Instance
@@ -40,9 +41,20 @@ from tools.runtimes.base import Instance
 Clock = Callable[[], float]
 
 
+class AdmissionLimits(Protocol):
+    """What admission reads of the site's settings (`config.settings.Settings` has it)."""
+
+    @property
+    def instance_capacity(self) -> int: ...
+    @property
+    def instance_queue(self) -> int: ...
+    @property
+    def queue_target_ms(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AdmissionSettings:
-    """The knobs of admission control (from `Settings`)."""
+    """The knobs of admission control: the site's limits (`of`) and tuning constants."""
 
     max_limit: int = 32
     """Ceiling of each instance's adaptive concurrency limit."""
@@ -56,6 +68,16 @@ class AdmissionSettings:
     """A queue not empty for this long is a standing queue."""
     probe_after_s: float = 1.0
     """An idle instance whose estimate says "too slow" still gets one request after this long."""
+
+    @classmethod
+    def of(cls, limits: AdmissionLimits) -> AdmissionSettings:
+        """The site's limits with the default tuning (the limit starts at 8 or the ceiling)."""
+        return cls(
+            max_limit=limits.instance_capacity,
+            initial_limit=min(8, limits.instance_capacity),
+            max_queue=limits.instance_queue,
+            queue_target_ms=limits.queue_target_ms,
+        )
 
 
 class _Average:

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from config.settings import ServiceSettings
 from tools.runtimes.base import Instance
 
 
@@ -21,6 +22,20 @@ class ServiceView:
     affinity_key: str | None
     client_kinds: frozenset[str]
     max_cache_ttl_s: float = 3600.0
+
+    @classmethod
+    def of(cls, name: str, service: ServiceSettings) -> ServiceView:
+        """The router's view of one configured service."""
+        return cls(
+            name=name,
+            gpu=service.gpu,
+            cacheable=service.cacheable,
+            cache_ttl_s=service.cache_ttl_s,
+            default_budget_ms=service.default_budget_ms,
+            affinity_key=service.affinity_key,
+            client_kinds=frozenset(service.client_kinds),
+            max_cache_ttl_s=service.max_cache_ttl_s,
+        )
 
 
 class InstanceLoad(Protocol):

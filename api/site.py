@@ -275,26 +275,9 @@ class Site:
         )
         admission = Admission(
             counters or LocalLoadCounters(),
-            AdmissionSettings(
-                max_limit=settings.instance_capacity,
-                initial_limit=min(8, settings.instance_capacity),
-                max_queue=settings.instance_queue,
-                queue_target_ms=settings.queue_target_ms,
-            ),
+            AdmissionSettings.of(settings),
         )
-        services = {
-            name: ServiceView(
-                name=name,
-                gpu=svc.gpu,
-                cacheable=svc.cacheable,
-                cache_ttl_s=svc.cache_ttl_s,
-                default_budget_ms=svc.default_budget_ms,
-                affinity_key=svc.affinity_key,
-                client_kinds=frozenset(svc.client_kinds),
-                max_cache_ttl_s=svc.max_cache_ttl_s,
-            )
-            for name, svc in settings.services.items()
-        }
+        services = {name: ServiceView.of(name, svc) for name, svc in settings.services.items()}
         return cls(
             settings=settings,
             keys=keys,
