@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.app import create_app
 from api.site import Site
-from config.settings import ServiceSettings, load_settings
-from tests.support.workloads import ScriptedWorkload, StaticRuntime, instance_for
+from tests.support.inprocess import in_process_site
+from tests.support.workloads import ScriptedWorkload
 
 CLIENT_A = "client-key-a-0123456789"
 CLIENT_B = "client-key-b-0123456789"
@@ -38,30 +37,15 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    settings = load_settings(
-        None,
-        data_dir=tmp_path,
-        client_keys=[CLIENT_A, CLIENT_B],
-        operator_keys=[OPERATOR],
+    async with in_process_site(
+        tmp_path,
+        [CLIENT_A, CLIENT_B],
+        [OPERATOR],
+        service={"cacheable": True, "max_cache_ttl_s": 60},
         chat_turns_per_minute=1,
         chat_burst=2,
-    )
-    settings.services = {
-        "svc": ServiceSettings(
-            module="x", image="img", client_kinds=["mobile"], cacheable=True, max_cache_ttl_s=60
-        )
-    }
-    async with ScriptedWorkload("svc-1") as workload:
-        site = Site.build(settings, runtime=StaticRuntime([instance_for(workload, "svc", "svc-1")]))
-        app = create_app(settings, site)
-        await site.start()
-        try:
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://site"
-            ) as http:
-                yield Api(http, site, workload)
-        finally:
-            await site.stop()
+    ) as running:
+        yield Api(running.http, running.site, running.workload)
 
 
 async def test_a_named_cache_key_belongs_to_the_key_that_stored_it(api: Api) -> None:

@@ -15,10 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from api.app import create_app
 from api.site import Site
-from config.settings import ServiceSettings, load_settings
-from tests.support.workloads import ScriptedWorkload, StaticRuntime, instance_for
+from tests.support.inprocess import in_process_site
+from tests.support.workloads import ScriptedWorkload
 
 CLIENT = "client-key-0123456789"
 OPERATOR = "operator-key-0123456789"
@@ -44,18 +43,8 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    settings = load_settings(None, data_dir=tmp_path, client_keys=[CLIENT], operator_keys=[OPERATOR])
-    settings.services = {"svc": ServiceSettings(module="x", image="img", client_kinds=["mobile"])}
-    async with ScriptedWorkload("svc-1") as workload:
-        site = Site.build(settings, runtime=StaticRuntime([instance_for(workload, "svc", "svc-1")]))
-        app = create_app(settings, site)
-        await site.start()
-        try:
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://site") as http:
-                yield Api(http, site, workload)
-        finally:
-            await site.stop()
+    async with in_process_site(tmp_path, [CLIENT], [OPERATOR]) as running:
+        yield Api(running.http, running.site, running.workload)
 
 
 def _request(**extra: Any) -> dict[str, Any]:

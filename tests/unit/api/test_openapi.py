@@ -14,10 +14,8 @@ import pytest
 
 import api.routes.chat as chat_route
 from agent.models import ScriptedModel, Turn
-from api.app import create_app
 from api.site import Site
-from config.settings import ServiceSettings, load_settings
-from tests.support.workloads import ScriptedWorkload, StaticRuntime, instance_for
+from tests.support.inprocess import in_process_site
 
 CLIENT = "client-key-a-0123456789"
 OPERATOR = "operator-key-0123456789"
@@ -25,21 +23,8 @@ OPERATOR = "operator-key-0123456789"
 
 @pytest.fixture
 async def site_and_http(tmp_path: Path) -> AsyncIterator[tuple[Site, httpx.AsyncClient]]:
-    settings = load_settings(
-        None, data_dir=tmp_path, client_keys=[CLIENT], operator_keys=[OPERATOR], chat_max_message_chars=300
-    )
-    settings.services = {"svc": ServiceSettings(module="x", image="img", client_kinds=["mobile"])}
-    async with ScriptedWorkload("svc-1") as workload:
-        site = Site.build(settings, runtime=StaticRuntime([instance_for(workload, "svc", "svc-1")]))
-        app = create_app(settings, site)
-        await site.start()
-        try:
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://site"
-            ) as client:
-                yield site, client
-        finally:
-            await site.stop()
+    async with in_process_site(tmp_path, [CLIENT], [OPERATOR], chat_max_message_chars=300) as api:
+        yield api.site, api.http
 
 
 @pytest.fixture

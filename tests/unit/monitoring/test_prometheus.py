@@ -17,11 +17,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from api.app import create_app
 from api.site import Site
-from config.settings import ServiceSettings, load_settings
 from monitoring import prometheus
-from tests.support.workloads import ScriptedWorkload, StaticRuntime, instance_for
+from tests.support.inprocess import in_process_site
 from tools.metrics_monitor import EMPTY_SNAPSHOT, LATENCY_BUCKETS_MS, RequestLog
 from tools.probes import GpuMetrics
 from tools.runtimes.base import Instance
@@ -71,21 +69,10 @@ def site_with_instance(tmp_path: Path) -> SiteFactory:
 
     @asynccontextmanager
     async def build(instance_id: str) -> AsyncIterator[Api]:
-        settings = load_settings(
-            None, site_id=SITE, data_dir=tmp_path, client_keys=[CLIENT], operator_keys=[OPERATOR]
-        )
-        settings.services = {"svc": ServiceSettings(module="x", image="img", client_kinds=["mobile"])}
-        async with ScriptedWorkload(instance_id) as workload:
-            site = Site.build(settings, runtime=StaticRuntime([instance_for(workload, "svc", instance_id)]))
-            app = create_app(settings, site)
-            await site.start()
-            try:
-                async with httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app), base_url="http://site"
-                ) as http:
-                    yield Api(http, site)
-            finally:
-                await site.stop()
+        async with in_process_site(
+            tmp_path, [CLIENT], [OPERATOR], instance_id=instance_id, site_id=SITE
+        ) as running:
+            yield Api(running.http, running.site)
 
     return build
 
