@@ -5,7 +5,8 @@
 * `ScriptedModel` — plays back a fixed script of `Turn`s (`ToolCall`s and/or text) and records
   every request, for deterministic tests and evals.
 
-Both emit the exact stream events of a real provider, built once in `events`.
+Both are `offline.OfflineModel`s: they produce one reply per call, which the base streams as the
+exact events of a real provider (built once in `events`).
 """
 
 from agent.models.events import ToolCall

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -31,10 +31,9 @@ from botocore.config import Config as BotocoreConfig
 from pydantic import BaseModel
 from strands.models.model import Model
 from strands.types.content import Messages
-from strands.types.streaming import StreamEvent
-from strands.types.tools import ToolSpec
 
 from agent.models.fallback import ChainLink, FallbackModel
+from agent.models.offline import ModelCall, OfflineModel, Reply
 from config.settings import MODEL_KINDS, Settings
 
 if TYPE_CHECKING:
@@ -94,7 +93,7 @@ def _openai_compatible_class() -> type[OpenAIModel]:
     return OpenAICompatibleModel
 
 
-class UnavailableModel(Model):
+class UnavailableModel(OfflineModel):
     """Stands in for a model kind that could not be built; every call raises `ModelUnavailableError`.
 
     Keeping it in the chain (instead of dropping the kind) keeps the chain's shape visible in
@@ -103,37 +102,27 @@ class UnavailableModel(Model):
     """
 
     def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind} (unavailable)")
         self.kind = kind
         self.reason = reason
-        self.config: dict[str, Any] = {"model_id": f"{kind} (unavailable)"}
 
     def update_config(self, **model_config: Any) -> None:
         """Accept and ignore configuration: there is no model to configure."""
 
-    def get_config(self) -> dict[str, Any]:
-        """The placeholder's configuration (its label only)."""
-        return dict(self.config)
+    # It stands in for a provider's model, so it estimates tokens as strands does for one (the chain
+    # asks its first link), not in the words the other offline models report.
+    count_tokens = Model.count_tokens
 
     def _error(self) -> ModelUnavailableError:
         return ModelUnavailableError(f"model {self.kind!r} is not available: {self.reason}")
 
-    async def stream(
-        self,
-        messages: Messages,
-        tool_specs: list[ToolSpec] | None = None,
-        system_prompt: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncGenerator[StreamEvent, None]:
+    def reply(self, call: ModelCall) -> Reply:
         """Raise `ModelUnavailableError`."""
         raise self._error()
-        yield  # pragma: no cover - makes this an async generator
 
-    async def structured_output(
-        self, output_model: type[T], prompt: Messages, system_prompt: str | None = None, **kwargs: Any
-    ) -> AsyncGenerator[dict[str, T | Any], None]:
+    def structured_reply(self, output_model: type[T], prompt: Messages, system_prompt: str | None) -> T:
         """Raise `ModelUnavailableError`."""
         raise self._error()
-        yield  # pragma: no cover - makes this an async generator
 
 
 def parse_chain_entry(entry: str) -> tuple[str, str | None]:

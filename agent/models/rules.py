@@ -18,18 +18,15 @@ hooks, metrics and evaluators treat it like any model. Usage counts words, not t
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any, TypedDict, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from pydantic import BaseModel
 from strands.types.content import Messages
-from strands.types.streaming import StreamEvent
-from strands.types.tools import ToolSpec
-from typing_extensions import Unpack
 
-from agent.models.events import ToolCall, WordCountedModel, count_input_words, reply_events
+from agent.models.events import ToolCall
 from agent.models.intents import IntentParser, Request
+from agent.models.offline import ModelCall, OfflineModel, Reply
 from agent.models.plans import (
     CAPABILITIES,
     Observation,
@@ -47,12 +44,6 @@ MAX_ROUNDS = 4
 """Tool rounds per stage after which the model stops calling and answers with what it has (a
 safety net: every plan finishes in at most `plans.PLAN_ROUNDS` = 2 rounds; a compound request gets
 this many per stage, see `plans.stages`)."""
-
-
-class RulesConfig(TypedDict, total=False):
-    """RulesModel configuration: `model_id` names it in traces (strands reads `model.config["model_id"]`)."""
-
-    model_id: str
 
 
 class Conversation:
@@ -97,7 +88,7 @@ class Conversation:
                 self.rounds.append(round_)
 
 
-class RulesModel(WordCountedModel):
+class RulesModel(OfflineModel):
     """A deterministic intent planner over the site's tools, driven by the strands Agent loop.
 
     Args:
@@ -117,17 +108,9 @@ class RulesModel(WordCountedModel):
         *,
         kinds: Mapping[str, str] | None = None,
     ) -> None:
+        super().__init__(model_id)
         self.services: tuple[str, ...] = tuple(services)
         self.parser = IntentParser(self.services, kinds)
-        self.config: RulesConfig = {"model_id": model_id}
-
-    def update_config(self, **model_config: Unpack[RulesConfig]) -> None:  # type: ignore[override]
-        """Update the configuration (only `model_id` exists)."""
-        self.config.update(model_config)
-
-    def get_config(self) -> RulesConfig:
-        """The configuration: `{"model_id": ...}`."""
-        return RulesConfig(**self.config)
 
     def plan(self, text: str, rounds: Sequence[Sequence[Observation]] = ()) -> Step:
         """The step for a request text after `rounds` (the first step when there are none)."""
@@ -156,32 +139,18 @@ class RulesModel(WordCountedModel):
             )
         return step
 
-    async def stream(
-        self,
-        messages: Messages,
-        tool_specs: list[ToolSpec] | None = None,
-        system_prompt: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """Plan the next step and stream it as one assistant message.
+    def reply(self, call: ModelCall) -> Reply:
+        """The next step as one assistant message.
 
-        `kwargs` (tool_choice, invocation_state, model_state, cancel_signal, agent_metadata,
-        structured_output_model, ...) are accepted and ignored: the plan depends only on the
-        messages and on which tools are offered.
+        It depends only on the messages and on which tools are offered: the system prompt and the
+        invocation state are not read.
         """
-        started = time.perf_counter()
-        tool_names = frozenset(spec["name"] for spec in tool_specs or [])
-        step = self.respond(messages, tool_names)
-        deltas = [step.text] if step.text else []
-        for event in reply_events(deltas, step.calls, count_input_words(messages, system_prompt), started):
-            yield event
+        step = self.respond(call.messages, frozenset(spec["name"] for spec in call.tool_specs))
+        return Reply([step.text] if step.text else [], step.calls)
 
-    async def structured_output(
-        self, output_model: type[T], prompt: Messages, system_prompt: str | None = None, **kwargs: Any
-    ) -> AsyncGenerator[dict[str, T | Any], None]:
+    def structured_reply(self, output_model: type[T], prompt: Messages, system_prompt: str | None) -> T:
         """Not supported: raises `NotImplementedError` (a rules planner cannot fill a schema)."""
         raise NotImplementedError(
             f"RulesModel cannot produce structured output ({output_model.__name__}): it only plans "
             "tool calls for known operator intents; use the openai-compatible or bedrock model for this"
         )
-        yield  # pragma: no cover - makes this an async generator

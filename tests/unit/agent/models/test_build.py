@@ -6,6 +6,7 @@ from typing import Any
 
 import boto3
 import pytest
+from pydantic import BaseModel
 from strands import Agent
 from strands.models.bedrock import BedrockModel
 from strands.models.model import Model
@@ -20,6 +21,7 @@ from agent.models.build import (
     parse_chain_entry,
     plain_text_messages,
 )
+from agent.models.events import count_input_words
 from config.settings import Settings
 
 SERVICES = ("inference", "sensor", "game-state")
@@ -190,3 +192,21 @@ async def test_unbuildable_only_model_fails_each_call_clearly() -> None:
     model = build_chat_model(settings(model="openai-compatible"), SERVICES, lambda: False)
     with pytest.raises(ModelUnavailableError, match="model_url"):
         await collect(model)
+
+
+async def test_unavailable_model_raises_on_every_call_and_estimates_like_a_provider() -> None:
+    model = UnavailableModel("bedrock", "no region")
+    prompt: Any = [
+        {"role": "user", "content": [{"text": "antidisestablishmentarianism, supercalifragilistic!"}]}
+    ]
+
+    with pytest.raises(ModelUnavailableError, match="'bedrock' is not available: no region"):
+        await collect(model)
+    with pytest.raises(ModelUnavailableError, match="no region"):
+        async for _ in model.structured_output(BaseModel, prompt):
+            pass
+    model.update_config(model_id="ignored")
+    assert model.get_config() == {"model_id": "bedrock (unavailable)"}
+    estimate = await model.count_tokens(prompt)
+    assert estimate == await Model.count_tokens(model, prompt)
+    assert estimate != count_input_words(prompt)  # not the words the other offline models count

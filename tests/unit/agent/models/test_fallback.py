@@ -8,7 +8,6 @@ refuses it. The `openai` client and strands' `OpenAIModel` run unmodified agains
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,14 +16,12 @@ import pytest
 from pydantic import BaseModel
 from strands import Agent
 from strands.models.model import Model
-from strands.types.content import Messages
 from strands.types.exceptions import ContextWindowOverflowException, ModelThrottledException
 from strands.types.streaming import StreamEvent
-from strands.types.tools import ToolSpec
 
 from agent.models.build import UnavailableModel, build_model
-from agent.models.events import reply_events
 from agent.models.fallback import ChainLink, FallbackModel, ModelChainError, ModelStreamInterruptedError
+from agent.models.offline import ModelCall, OfflineModel, Reply
 from agent.models.scripted import ScriptedModel, Turn
 from config.settings import Settings
 from tools.runtimes.base import free_port
@@ -46,38 +43,25 @@ def calls(model: ScriptedModel) -> int:
     return len(model.requests)
 
 
-class BrokenMidway(Model):
+class BrokenMidway(OfflineModel):
     """Streams the first `after` events of a reply, then raises `error` (ScriptedModel raises
     only before its first event, so mid-stream failures need this)."""
 
     def __init__(self, error: Exception, after: int) -> None:
+        super().__init__("broken-midway")
         self.error = error
         self.after = after
-        self.config: dict[str, Any] = {"model_id": "broken-midway"}
 
-    def update_config(self, **model_config: Any) -> None:
-        self.config.update(model_config)
+    def reply(self, call: ModelCall) -> Reply:
+        return Reply(["partial answer"])
 
-    def get_config(self) -> dict[str, Any]:
-        return self.config
-
-    async def structured_output(
-        self, output_model: Any, prompt: Messages, system_prompt: str | None = None, **kwargs: Any
-    ):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-        yield
-
-    async def stream(  # type: ignore[override]
-        self,
-        messages: Messages,
-        tool_specs: list[ToolSpec] | None = None,
-        system_prompt: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncGenerator[StreamEvent, None]:
-        for number, event in enumerate(reply_events(["partial answer"], [], 1, time.perf_counter())):
+    async def stream(self, *args: Any, **kwargs: Any) -> AsyncGenerator[StreamEvent, None]:
+        number = 0
+        async for event in super().stream(*args, **kwargs):
             if number == self.after:
                 raise self.error
             yield event
+            number += 1
 
 
 def chain(*links: tuple[str, Model], local: Sequence[str] = (), busy: bool = False) -> FallbackModel:
@@ -260,13 +244,7 @@ class SilentModel(BrokenMidway):
     def __init__(self) -> None:
         super().__init__(RuntimeError("unused"), after=-1)
 
-    async def stream(  # type: ignore[override]
-        self,
-        messages: Messages,
-        tool_specs: list[ToolSpec] | None = None,
-        system_prompt: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncGenerator[StreamEvent, None]:
+    async def stream(self, *args: Any, **kwargs: Any) -> AsyncGenerator[StreamEvent, None]:
         yield {"messageStart": {"role": "assistant"}}
         yield {"messageStop": {"stopReason": "end_turn"}}
 
