@@ -5,8 +5,9 @@ It plans instead of generating. On each call it reads the conversation strands s
 * the latest user message that holds text (not tool results) is the operator's request; it is
   parsed into an intent by `agent.models.intents` (a table of patterns and extractors);
 * the assistant tool calls and user tool results after it are the rounds run so far;
-* `agent.models.plans` turns request + rounds into the next step: more tool calls (several
-  independent ones may share a turn), or the final answer written from the real tool results.
+* `agent.models.steps` turns request + rounds into the next step: more tool calls (several
+  independent ones may share a turn), or the final answer, which `agent.models.answers` writes
+  from the real tool results.
   A compound message ("CPU and GPU load?", "restart sensor-1 and show its logs") is planned part
   by part, reads side by side and changes one after another, and answered part by part.
 
@@ -24,26 +25,19 @@ from typing import TypeVar
 from pydantic import BaseModel
 from strands.types.content import Messages
 
+from agent.models.answers import CAPABILITIES, describe, not_understood
 from agent.models.events import ToolCall
 from agent.models.intents import IntentParser, Request
 from agent.models.offline import ModelCall, OfflineModel, Reply
-from agent.models.plans import (
-    CAPABILITIES,
-    Observation,
-    Step,
-    describe,
-    next_step,
-    not_understood,
-    stages,
-    unfinished,
-)
+from agent.models.results import Observation
+from agent.models.steps import Step, next_step, stages, unfinished
 
 T = TypeVar("T", bound=BaseModel)
 
 MAX_ROUNDS = 4
 """Tool rounds per stage after which the model stops calling and answers with what it has (a
-safety net: every plan finishes in at most `plans.PLAN_ROUNDS` = 2 rounds; a compound request gets
-this many per stage, see `plans.stages`)."""
+safety net: every plan finishes in at most `steps.STEP_ROUNDS` = 2 rounds; a compound request gets
+this many per stage, see `steps.stages`)."""
 
 
 class Conversation:
@@ -116,7 +110,7 @@ class RulesModel(OfflineModel):
         """The step for a request text after `rounds` (the first step when there are none)."""
         request: Request | None = self.parser.parse(text)
         if request is None:
-            return not_understood(text, self.services)
+            return Step(text=not_understood(text, self.services))
         step = next_step(request, rounds, self.services)
         if step.calls and len(rounds) >= MAX_ROUNDS * len(stages(request)):
             return unfinished(request, rounds, self.services)

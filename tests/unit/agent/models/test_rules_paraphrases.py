@@ -1,7 +1,7 @@
 """The rules model's phrase set: everyday paraphrases of every intent, compound messages, and what
 it must refuse to read as a request (small talk, off-topic text, prompt injection).
 
-These drive `RulesModel.plan` (the parser and the plans, without the Agent loop); the behaviour of
+These drive `RulesModel.plan` (the parser and the steps, without the Agent loop); the behaviour of
 whole turns over real tools is in `test_rules_model.py`.
 """
 
@@ -15,7 +15,8 @@ import pytest
 from agent.models import RulesModel
 from agent.models.events import ToolCall
 from agent.models.intents import IntentParser, Request
-from agent.models.plans import Observation, Step, diagnose
+from agent.models.results import Observation
+from agent.models.steps import Step
 
 SERVICES = ("inference", "sensor", "game-state")
 
@@ -330,17 +331,6 @@ def test_round_budget_of_a_compound_request_grows_with_its_stages() -> None:
     assert final.text.split("\n") == [
         f"Restarted 1 instance: {s}-1 (running)." for s in ("sensor", "inference", "game-state")
     ]
-
-
-def test_capacity_rejects_do_not_read_as_a_long_tail() -> None:
-    """Instant 503 rejects pull the p50 down; the p99/p50 ratio is then no sign of a long tail."""
-    stats = {"requests": 40, "errors": 0, "rejected": 30, "p50_ms": 0.1, "p99_ms": 9.0}
-    findings = diagnose(stats, [], [], None, "sensor", listed=False)
-    assert findings == [
-        "30 requests were turned away for lack of capacity (503): no instance was free to take them; "
-        "scaling out should help."
-    ]
-    assert any("long tail" in f for f in diagnose({**stats, "rejected": 0}, [], [], None, "sensor", False))
 
 
 # -- what is not a request ------------------------------------------------------------------------
