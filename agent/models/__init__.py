@@ -1,6 +1,6 @@
 """The operator agent's strands models (the factory that builds one from settings is `build`).
 
-* `RulesModel` — the offline, deterministic default: an intent planner over the site's tools
+* `RulesModel` — the offline, deterministic default: rule-based steps over the site's tools
   (parser in `intents`, the next tool calls in `steps`, the reply's English in `answers`, both
   reading the tool results through `results`).
 * `ScriptedModel` — plays back a fixed script of `Turn`s (`ToolCall`s and/or text) and records

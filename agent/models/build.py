@@ -2,7 +2,7 @@
 
 Kinds (`Settings.model` and the entries of `Settings.model_fallback`):
 
-* ``rules`` — the embedded deterministic planner (`agent.models.rules.RulesModel`).
+* ``rules`` — the embedded deterministic rules model (`agent.models.rules.RulesModel`).
 * ``openai-compatible`` — a local llama.cpp / vLLM / Ollama server, through strands `OpenAIModel`
   (base URL `Settings.model_url`, request timeout `Settings.model_timeout_s`, no client retries),
   with its messages sent in the plain string form (see `plain_text_messages`).
@@ -177,7 +177,7 @@ def build_model(
         kind: ``rules``, ``openai-compatible`` or ``bedrock``.
         settings: The site's settings (`model_url`, `model_id`, `model_api_key`,
             `model_timeout_s`, `model_max_tokens`, `bedrock_region`).
-        services: The site's service names (the rules model plans over them).
+        services: The site's service names (the rules model's steps act on them).
         model_id: Overrides `settings.model_id` (a fallback entry's ``KIND:MODEL_ID``).
         boto_session: The boto3 session for Bedrock; it must carry a region. By default a
             process-wide session for `settings.bedrock_region` with the standard credential chain.

@@ -168,7 +168,7 @@ class FallbackModel(Model):
         """Estimate tokens with the first link's estimator."""
         return await self.links[0].model.count_tokens(*args, **kwargs)
 
-    def _plan(self) -> tuple[list[ChainLink], list[ModelAttempt]]:
+    def _links_to_try(self) -> tuple[list[ChainLink], list[ModelAttempt]]:
         """The links to try for this call, and the skipped ones as attempts."""
         busy = False
         if self.overloaded is not None:
@@ -194,7 +194,7 @@ class FallbackModel(Model):
     ) -> AsyncGenerator[Any, None]:
         """Drive `call` over the chain with the commit-on-first-content rule (see the class doc)."""
         self.served_by = None
-        links, attempts = self._plan()
+        links, attempts = self._links_to_try()
         self.attempts = tuple(attempts)
         failures: list[Exception] = []
         for link in links:

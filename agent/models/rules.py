@@ -1,6 +1,6 @@
 """`RulesModel`: the embedded, offline, deterministic operator model, as a strands `Model`.
 
-It plans instead of generating. On each call it reads the conversation strands sends it:
+It follows rules instead of generating text. On each call it reads the conversation strands sends it:
 
 * the latest user message that holds text (not tool results) is the operator's request; it is
   parsed into an intent by `agent.models.intents` (a table of patterns and extractors);
@@ -8,7 +8,7 @@ It plans instead of generating. On each call it reads the conversation strands s
 * `agent.models.steps` turns request + rounds into the next step: more tool calls (several
   independent ones may share a turn), or the final answer, which `agent.models.answers` writes
   from the real tool results.
-  A compound message ("CPU and GPU load?", "restart sensor-1 and show its logs") is planned part
+  A compound message ("CPU and GPU load?", "restart sensor-1 and show its logs") is taken part
   by part, reads side by side and changes one after another, and answered part by part.
 
 Text that matches no intent gets a plain reply saying so and listing what is understood: the
@@ -25,18 +25,19 @@ from typing import TypeVar
 from pydantic import BaseModel
 from strands.types.content import Messages
 
+from agent.models import steps
 from agent.models.answers import CAPABILITIES, describe, not_understood
 from agent.models.events import ToolCall
 from agent.models.intents import IntentParser, Request
 from agent.models.offline import ModelCall, OfflineModel, Reply
 from agent.models.results import Observation
-from agent.models.steps import Step, next_step, stages, unfinished
+from agent.models.steps import Step
 
 T = TypeVar("T", bound=BaseModel)
 
 MAX_ROUNDS = 4
 """Tool rounds per stage after which the model stops calling and answers with what it has (a
-safety net: every plan finishes in at most `steps.STEP_ROUNDS` = 2 rounds; a compound request gets
+safety net: every single request is answered in at most `steps.STEP_ROUNDS` = 2 rounds; a compound request gets
 this many per stage, see `steps.stages`)."""
 
 
@@ -83,7 +84,7 @@ class Conversation:
 
 
 class RulesModel(OfflineModel):
-    """A deterministic intent planner over the site's tools, driven by the strands Agent loop.
+    """Rule-based steps over the site's tools for the operator's intents, run by the strands Agent loop.
 
     Args:
         services: The site's service names; intents match service mentions against them.
@@ -91,7 +92,7 @@ class RulesModel(OfflineModel):
         kinds: Client kind → service ("gaming" → "game-state"); defaults to
             `intents.DEFAULT_KINDS`, and a kind whose service is not in `services` is ignored.
 
-    `structured_output` is not supported (there is no schema-filling in a rules planner): it raises
+    `structured_output` is not supported (there is no schema-filling in a rules model): it raises
     `NotImplementedError`. Use an LLM model kind for structured output.
     """
 
@@ -106,14 +107,14 @@ class RulesModel(OfflineModel):
         self.services: tuple[str, ...] = tuple(services)
         self.parser = IntentParser(self.services, kinds)
 
-    def plan(self, text: str, rounds: Sequence[Sequence[Observation]] = ()) -> Step:
+    def next_step(self, text: str, rounds: Sequence[Sequence[Observation]] = ()) -> Step:
         """The step for a request text after `rounds` (the first step when there are none)."""
         request: Request | None = self.parser.parse(text)
         if request is None:
             return Step(text=not_understood(text, self.services))
-        step = next_step(request, rounds, self.services)
-        if step.calls and len(rounds) >= MAX_ROUNDS * len(stages(request)):
-            return unfinished(request, rounds, self.services)
+        step = steps.next_step(request, rounds, self.services)
+        if step.calls and len(rounds) >= MAX_ROUNDS * len(steps.stages(request)):
+            return steps.unfinished(request, rounds, self.services)
         return step
 
     def respond(self, messages: Messages, tool_names: frozenset[str]) -> Step:
@@ -121,7 +122,7 @@ class RulesModel(OfflineModel):
         conversation = Conversation(messages)
         if not conversation.request_text:
             return Step(text=f"I have no request to act on. {CAPABILITIES}")
-        step = self.plan(conversation.request_text, conversation.rounds)
+        step = self.next_step(conversation.request_text, conversation.rounds)
         if not step.calls and not step.text:
             return Step(text="Done; the tools returned nothing to report.")
         unavailable = [call for call in step.calls if call.name not in tool_names]
@@ -143,7 +144,7 @@ class RulesModel(OfflineModel):
         return Reply([step.text] if step.text else [], step.calls)
 
     def structured_reply(self, output_model: type[T], prompt: Messages, system_prompt: str | None) -> T:
-        """Not supported: raises `NotImplementedError` (a rules planner cannot fill a schema)."""
+        """Not supported: raises `NotImplementedError` (a rules model cannot fill a schema)."""
         raise NotImplementedError(
             f"RulesModel cannot produce structured output ({output_model.__name__}): it only plans "
             "tool calls for known operator intents; use the openai-compatible or bedrock model for this"
