@@ -1,16 +1,17 @@
 """Build the operator agent's model from settings: one kind, or a fallback chain of kinds.
 
-Kinds (`Settings.model` and the entries of `Settings.model_fallback`):
+The factory reads only the fields of `ModelSettings` (the site's `config.settings.Settings` has
+them all, under the same names). Kinds (`model` and the entries of `model_fallback`):
 
 * ``rules`` — the embedded deterministic rules model (`agent.models.rules.RulesModel`).
 * ``openai-compatible`` — a local llama.cpp / vLLM / Ollama server, through strands `OpenAIModel`
-  (base URL `Settings.model_url`, request timeout `Settings.model_timeout_s`, no client retries),
+  (base URL `model_url`, request timeout `model_timeout_s`, no client retries),
   with its messages sent in the plain string form (see `plain_text_messages`).
-* ``bedrock`` — Amazon Bedrock through strands `BedrockModel` (region `Settings.bedrock_region`,
+* ``bedrock`` — Amazon Bedrock through strands `BedrockModel` (region `bedrock_region`,
   credentials from the usual AWS chain, botocore timeouts equal to the model timeout, one attempt).
 
 A fallback entry may name its own model id as ``KIND:MODEL_ID`` (split at the first ``:``, so
-Bedrock ids such as ``anthropic.claude-3-haiku-20240307-v1:0`` survive). `Settings.model_id` is a
+Bedrock ids such as ``anthropic.claude-3-haiku-20240307-v1:0`` survive). `model_id` is a
 single field shared by every kind, so a chain that mixes a local server and Bedrock needs this
 form for the fallback, e.g. ``MEC_MODEL_FALLBACK=bedrock:anthropic.claude-3-haiku-20240307-v1:0,rules``.
 
@@ -24,7 +25,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import boto3
 from botocore.config import Config as BotocoreConfig
@@ -34,7 +35,7 @@ from strands.types.content import Messages
 
 from agent.models.fallback import ChainLink, FallbackModel
 from agent.models.offline import ModelCall, OfflineModel, Reply
-from config.settings import MODEL_KINDS, Settings
+from config.settings import MODEL_KINDS, ModelKind
 
 if TYPE_CHECKING:
     from strands.models.openai import OpenAIModel
@@ -43,10 +44,26 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
 
-LOCAL_KINDS: frozenset[str] = frozenset({"openai-compatible"})
+LOCAL_KINDS: frozenset[ModelKind] = frozenset({"openai-compatible"})
 """Kinds that run on the site's own hardware and are skipped while the site is overloaded."""
 
 RULES_MODEL_ID = "rules-v1"
+
+
+class ModelSettings(Protocol):
+    """The settings `build_model` and `build_chat_model` read, with the types of `config.settings`.
+
+    The site's `config.settings.Settings` has every one of them; a caller passes it as it is.
+    """
+
+    model: ModelKind
+    model_fallback: list[str]
+    model_url: str | None
+    model_id: str | None
+    model_api_key: str
+    model_timeout_s: float
+    model_max_tokens: int
+    bedrock_region: str
 
 
 class ModelUnavailableError(RuntimeError):
@@ -125,7 +142,7 @@ class UnavailableModel(OfflineModel):
         raise self._error()
 
 
-def parse_chain_entry(entry: str) -> tuple[str, str | None]:
+def parse_chain_entry(entry: str) -> tuple[ModelKind, str | None]:
     """Split a chain entry ``KIND`` or ``KIND:MODEL_ID`` into the kind and the optional model id."""
     kind, sep, model_id = entry.strip().partition(":")
     kind = kind.strip()
@@ -164,8 +181,8 @@ def bedrock_client_config(timeout_s: float) -> BotocoreConfig:
 
 
 def build_model(
-    kind: str,
-    settings: Settings,
+    kind: ModelKind,
+    settings: ModelSettings,
     services: Sequence[str],
     *,
     model_id: str | None = None,
@@ -175,8 +192,8 @@ def build_model(
 
     Args:
         kind: ``rules``, ``openai-compatible`` or ``bedrock``.
-        settings: The site's settings (`model_url`, `model_id`, `model_api_key`,
-            `model_timeout_s`, `model_max_tokens`, `bedrock_region`).
+        settings: The model settings (`model_url`, `model_id`, `model_api_key`,
+            `model_timeout_s`, `model_max_tokens`, `bedrock_region`), e.g. the site's `Settings`.
         services: The site's service names (the rules model's steps act on them).
         model_id: Overrides `settings.model_id` (a fallback entry's ``KIND:MODEL_ID``).
         boto_session: The boto3 session for Bedrock; it must carry a region. By default a
@@ -238,7 +255,7 @@ _reported: set[tuple[str, str]] = set()
 
 
 def build_chat_model(
-    settings: Settings,
+    settings: ModelSettings,
     services: Sequence[str],
     overloaded: Callable[[], bool],
     *,
@@ -256,7 +273,7 @@ def build_chat_model(
     Raises:
         ValueError: A fallback entry names an unknown kind (a typo must not pass silently).
     """
-    entries: list[tuple[str, str | None]] = [(settings.model, None)]
+    entries: list[tuple[ModelKind, str | None]] = [(settings.model, None)]
     entries += [parse_chain_entry(entry) for entry in settings.model_fallback if entry.strip()]
     links: list[ChainLink] = []
     for kind, model_id in entries:

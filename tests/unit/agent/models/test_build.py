@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -22,7 +23,7 @@ from agent.models.build import (
     plain_text_messages,
 )
 from agent.models.events import count_input_words
-from config.settings import Settings
+from config.settings import ModelKind, Settings
 
 SERVICES = ("inference", "sensor", "game-state")
 
@@ -210,3 +211,31 @@ async def test_unavailable_model_raises_on_every_call_and_estimates_like_a_provi
     estimate = await model.count_tokens(prompt)
     assert estimate == await Model.count_tokens(model, prompt)
     assert estimate != count_input_words(prompt)  # not the words the other offline models count
+
+
+@dataclass
+class OnlyModelSettings:
+    """The fields of `ModelSettings` and nothing else of the site's settings."""
+
+    model: ModelKind = "rules"
+    model_fallback: list[str] = field(default_factory=list)
+    model_url: str | None = None
+    model_id: str | None = None
+    model_api_key: str = "none"
+    model_timeout_s: float = 30.0
+    model_max_tokens: int = 512
+    bedrock_region: str = "us-east-1"
+
+
+def test_the_factory_reads_only_the_model_settings() -> None:
+    given = OnlyModelSettings(
+        model="openai-compatible",
+        model_url="http://127.0.0.1:8081/v1",
+        model_id="smol",
+        model_fallback=["rules"],
+        model_max_tokens=64,
+    )
+    model = build_chat_model(given, SERVICES, lambda: False)
+
+    assert model.labels == ("openai-compatible", "rules")
+    assert model.links[0].model.get_config()["params"] == {"max_tokens": 64}
