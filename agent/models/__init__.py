@@ -1,4 +1,4 @@
-"""The operator agent's strands models (the factory that builds one from settings is `build`).
+"""The operator agent's strands models (`build` makes one from settings: the chain of `fallback`).
 
 * `RulesModel` — the offline, deterministic default: rule-based steps over the site's tools
   (parser in `intents`, the next tool calls in `steps`, the reply's English in `answers`, both
