@@ -1,9 +1,9 @@
 """The stream events of one assistant message, built the way a real provider emits them.
 
-Both embedded models (`RulesModel`, `ScriptedModel`) describe a reply as text and/or tool calls;
-`reply_events` turns it into the exact sequence strands' `process_stream` consumes from Bedrock,
-OpenAI or Ollama: messageStart, one contentBlockStart/Delta.../Stop per block, messageStop with
-"tool_use" or "end_turn", then metadata with usage and latency.
+The offline models (`offline.OfflineModel` and its subclasses) describe a reply as text and/or
+tool calls; `reply_events` turns it into the exact sequence strands' `process_stream` consumes
+from Bedrock, OpenAI or Ollama: messageStart, one contentBlockStart/Delta.../Stop per block,
+messageStop with "tool_use" or "end_turn", then metadata with usage and latency.
 
 Usage is counted in words (whitespace-separated), so it is non-zero and deterministic.
 """
@@ -17,10 +17,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from strands.models.model import Model
 from strands.types.content import Messages
 from strands.types.streaming import StreamEvent
-from strands.types.tools import ToolSpec
 
 
 @dataclass(frozen=True)
@@ -135,17 +133,3 @@ def reply_events(
             "metrics": {"latencyMs": round((time.perf_counter() - started) * 1000)},
         }
     }
-
-
-class WordCountedModel(Model):
-    """A strands `Model` whose unit of usage is the word (the offline models of this package)."""
-
-    async def count_tokens(
-        self,
-        messages: Messages,
-        tool_specs: list[ToolSpec] | None = None,
-        system_prompt: str | None = None,
-        system_prompt_content: list[Any] | None = None,
-    ) -> int:
-        """Input size in words, consistent with the usage these models report."""
-        return count_input_words(messages, system_prompt)

@@ -17,9 +17,9 @@ Compound messages ("CPU and GPU load?", "restart sensor-1 and show its logs") ar
 its own: a piece that is only a service ("status of sensor and inference", "scale sensor and
 inference to 2") or only an argument ("set key k to a and b") stays with the clause before it. A
 clause without a service of its own that says "it"/"its"/"them" or lacks one it needs takes the
-previous clause's. The result is a `Request` with `intent="compound"` whose `parts` the plan runs
-in the order asked. Small talk, off-topic requests and prompt-injection phrasing parse to None
-(the model then says it did not understand and calls nothing).
+previous clause's. The result is a `Request` with `intent="compound"` whose `parts` the rules
+model's steps run in the order asked. Small talk, off-topic requests and prompt-injection phrasing
+parse to None (the model then says it did not understand and calls nothing).
 """
 
 from __future__ import annotations
@@ -235,9 +235,9 @@ def normalise(text: str) -> str:
 
 @dataclass(frozen=True)
 class Request:
-    """What the operator asked for, with everything the plan needs to call the tools.
+    """What the operator asked for, with everything its steps need to call the tools.
 
-    `missing` names a required detail the text lacked ("a service", "a key"); the plan then
+    `missing` names a required detail the text lacked ("a service", "a key"); the model then
     asks for it instead of calling anything. `services` lists every service a status, latency or
     host question is about when it names more than one (`service` is the first). A compound
     message is `intent="compound"` with its `parts` (never compound themselves) in the order asked.

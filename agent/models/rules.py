@@ -1,13 +1,14 @@
 """`RulesModel`: the embedded, offline, deterministic operator model, as a strands `Model`.
 
-It plans instead of generating. On each call it reads the conversation strands sends it:
+It follows rules instead of generating text. On each call it reads the conversation strands sends it:
 
 * the latest user message that holds text (not tool results) is the operator's request; it is
   parsed into an intent by `agent.models.intents` (a table of patterns and extractors);
 * the assistant tool calls and user tool results after it are the rounds run so far;
-* `agent.models.plans` turns request + rounds into the next step: more tool calls (several
-  independent ones may share a turn), or the final answer written from the real tool results.
-  A compound message ("CPU and GPU load?", "restart sensor-1 and show its logs") is planned part
+* `agent.models.steps` turns request + rounds into the next step: more tool calls (several
+  independent ones may share a turn), or the final answer, which `agent.models.answers` writes
+  from the real tool results.
+  A compound message ("CPU and GPU load?", "restart sensor-1 and show its logs") is taken part
   by part, reads side by side and changes one after another, and answered part by part.
 
 Text that matches no intent gets a plain reply saying so and listing what is understood: the
@@ -18,41 +19,26 @@ hooks, metrics and evaluators treat it like any model. Usage counts words, not t
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any, TypedDict, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from pydantic import BaseModel
 from strands.types.content import Messages
-from strands.types.streaming import StreamEvent
-from strands.types.tools import ToolSpec
-from typing_extensions import Unpack
 
-from agent.models.events import ToolCall, WordCountedModel, count_input_words, reply_events
+from agent.models import steps
+from agent.models.answers import CAPABILITIES, describe, not_understood
+from agent.models.events import ToolCall
 from agent.models.intents import IntentParser, Request
-from agent.models.plans import (
-    CAPABILITIES,
-    Observation,
-    Step,
-    describe,
-    next_step,
-    not_understood,
-    stages,
-    unfinished,
-)
+from agent.models.offline import ModelCall, OfflineModel, Reply
+from agent.models.results import Observation
+from agent.models.steps import Step
 
 T = TypeVar("T", bound=BaseModel)
 
 MAX_ROUNDS = 4
 """Tool rounds per stage after which the model stops calling and answers with what it has (a
-safety net: every plan finishes in at most `plans.PLAN_ROUNDS` = 2 rounds; a compound request gets
-this many per stage, see `plans.stages`)."""
-
-
-class RulesConfig(TypedDict, total=False):
-    """RulesModel configuration: `model_id` names it in traces (strands reads `model.config["model_id"]`)."""
-
-    model_id: str
+safety net: every single request is answered in at most `steps.STEP_ROUNDS` = 2 rounds; a compound request gets
+this many per stage, see `steps.stages`)."""
 
 
 class Conversation:
@@ -97,8 +83,8 @@ class Conversation:
                 self.rounds.append(round_)
 
 
-class RulesModel(WordCountedModel):
-    """A deterministic intent planner over the site's tools, driven by the strands Agent loop.
+class RulesModel(OfflineModel):
+    """Rule-based steps over the site's tools for the operator's intents, run by the strands Agent loop.
 
     Args:
         services: The site's service names; intents match service mentions against them.
@@ -106,7 +92,7 @@ class RulesModel(WordCountedModel):
         kinds: Client kind → service ("gaming" → "game-state"); defaults to
             `intents.DEFAULT_KINDS`, and a kind whose service is not in `services` is ignored.
 
-    `structured_output` is not supported (there is no schema-filling in a rules planner): it raises
+    `structured_output` is not supported (there is no schema-filling in a rules model): it raises
     `NotImplementedError`. Use an LLM model kind for structured output.
     """
 
@@ -117,26 +103,18 @@ class RulesModel(WordCountedModel):
         *,
         kinds: Mapping[str, str] | None = None,
     ) -> None:
+        super().__init__(model_id)
         self.services: tuple[str, ...] = tuple(services)
         self.parser = IntentParser(self.services, kinds)
-        self.config: RulesConfig = {"model_id": model_id}
 
-    def update_config(self, **model_config: Unpack[RulesConfig]) -> None:  # type: ignore[override]
-        """Update the configuration (only `model_id` exists)."""
-        self.config.update(model_config)
-
-    def get_config(self) -> RulesConfig:
-        """The configuration: `{"model_id": ...}`."""
-        return RulesConfig(**self.config)
-
-    def plan(self, text: str, rounds: Sequence[Sequence[Observation]] = ()) -> Step:
+    def next_step(self, text: str, rounds: Sequence[Sequence[Observation]] = ()) -> Step:
         """The step for a request text after `rounds` (the first step when there are none)."""
         request: Request | None = self.parser.parse(text)
         if request is None:
-            return not_understood(text, self.services)
-        step = next_step(request, rounds, self.services)
-        if step.calls and len(rounds) >= MAX_ROUNDS * len(stages(request)):
-            return unfinished(request, rounds, self.services)
+            return Step(text=not_understood(text, self.services))
+        step = steps.next_step(request, rounds, self.services)
+        if step.calls and len(rounds) >= MAX_ROUNDS * len(steps.stages(request)):
+            return steps.unfinished(request, rounds, self.services)
         return step
 
     def respond(self, messages: Messages, tool_names: frozenset[str]) -> Step:
@@ -144,7 +122,7 @@ class RulesModel(WordCountedModel):
         conversation = Conversation(messages)
         if not conversation.request_text:
             return Step(text=f"I have no request to act on. {CAPABILITIES}")
-        step = self.plan(conversation.request_text, conversation.rounds)
+        step = self.next_step(conversation.request_text, conversation.rounds)
         if not step.calls and not step.text:
             return Step(text="Done; the tools returned nothing to report.")
         unavailable = [call for call in step.calls if call.name not in tool_names]
@@ -156,32 +134,18 @@ class RulesModel(WordCountedModel):
             )
         return step
 
-    async def stream(
-        self,
-        messages: Messages,
-        tool_specs: list[ToolSpec] | None = None,
-        system_prompt: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """Plan the next step and stream it as one assistant message.
+    def reply(self, call: ModelCall) -> Reply:
+        """The next step as one assistant message.
 
-        `kwargs` (tool_choice, invocation_state, model_state, cancel_signal, agent_metadata,
-        structured_output_model, ...) are accepted and ignored: the plan depends only on the
-        messages and on which tools are offered.
+        It depends only on the messages and on which tools are offered: the system prompt and the
+        invocation state are not read.
         """
-        started = time.perf_counter()
-        tool_names = frozenset(spec["name"] for spec in tool_specs or [])
-        step = self.respond(messages, tool_names)
-        deltas = [step.text] if step.text else []
-        for event in reply_events(deltas, step.calls, count_input_words(messages, system_prompt), started):
-            yield event
+        step = self.respond(call.messages, frozenset(spec["name"] for spec in call.tool_specs))
+        return Reply([step.text] if step.text else [], step.calls)
 
-    async def structured_output(
-        self, output_model: type[T], prompt: Messages, system_prompt: str | None = None, **kwargs: Any
-    ) -> AsyncGenerator[dict[str, T | Any], None]:
-        """Not supported: raises `NotImplementedError` (a rules planner cannot fill a schema)."""
+    def structured_reply(self, output_model: type[T], prompt: Messages, system_prompt: str | None) -> T:
+        """Not supported: raises `NotImplementedError` (a rules model cannot fill a schema)."""
         raise NotImplementedError(
             f"RulesModel cannot produce structured output ({output_model.__name__}): it only plans "
             "tool calls for known operator intents; use the openai-compatible or bedrock model for this"
         )
-        yield  # pragma: no cover - makes this an async generator

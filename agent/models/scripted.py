@@ -3,25 +3,23 @@
 Each call to `stream` plays the next `Turn`: tool calls, text (streamed in one or several
 deltas), or both, or an exception to raise. Every request is recorded (`requests`), so a test
 can assert on exactly what the Agent sent: messages, tool specs, system prompt, tool results.
-Calling it after the last turn raises `ScriptExhaustedError`. The events come from
-`agent.models.events`, the same builders `RulesModel` uses.
+Calling it after the last turn raises `ScriptExhaustedError`. Its base, `offline.OfflineModel`,
+streams each turn with the same event builders as `RulesModel`.
 """
 
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypedDict, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 from pydantic import BaseModel
 from strands.types.content import Messages
-from strands.types.streaming import StreamEvent
-from strands.types.tools import ToolResult, ToolSpec
-from typing_extensions import Unpack
+from strands.types.tools import ToolResult
 
-from agent.models.events import ToolCall, WordCountedModel, count_input_words, reply_events
+from agent.models.events import ToolCall
+from agent.models.offline import ModelCall, OfflineModel, Reply
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -55,13 +53,8 @@ class Turn:
 
 
 @dataclass(frozen=True)
-class RecordedRequest:
+class RecordedRequest(ModelCall):
     """What one `stream` call received (messages are a deep copy, taken on arrival)."""
-
-    messages: Messages
-    tool_specs: list[ToolSpec]
-    system_prompt: str | None
-    invocation_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tool_names(self) -> list[str]:
@@ -97,19 +90,13 @@ class RecordedRequest:
         return f"last message holds {len(results)} tool result{'' if len(results) == 1 else 's'}"
 
 
-class ScriptedConfig(TypedDict, total=False):
-    """ScriptedModel configuration: only `model_id`."""
-
-    model_id: str
-
-
-class ScriptedModel(WordCountedModel):
+class ScriptedModel(OfflineModel):
     """Plays `turns` in order, one per `stream` call, and records each request."""
 
     def __init__(self, turns: Sequence[Turn], model_id: str = "scripted") -> None:
+        super().__init__(model_id)
         self.turns: tuple[Turn, ...] = tuple(turns)
         self.requests: list[RecordedRequest] = []
-        self.config: ScriptedConfig = {"model_id": model_id}
 
     @property
     def played(self) -> int:
@@ -121,36 +108,16 @@ class ScriptedModel(WordCountedModel):
         """Turns not played yet."""
         return len(self.turns) - self.played
 
-    def update_config(self, **model_config: Unpack[ScriptedConfig]) -> None:  # type: ignore[override]
-        """Update the configuration (only `model_id` exists)."""
-        self.config.update(model_config)
-
-    def get_config(self) -> ScriptedConfig:
-        """The configuration: `{"model_id": ...}`."""
-        return ScriptedConfig(**self.config)
-
-    async def stream(
-        self,
-        messages: Messages,
-        tool_specs: list[ToolSpec] | None = None,
-        system_prompt: str | None = None,
-        *,
-        invocation_state: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> AsyncGenerator[StreamEvent, None]:
+    def reply(self, call: ModelCall) -> Reply:
         """Record the request, then play the next turn (or raise its exception)."""
-        started = time.perf_counter()
         request = RecordedRequest(
-            messages=copy.deepcopy(messages),
-            tool_specs=list(tool_specs or []),
-            system_prompt=system_prompt,
-            invocation_state=dict(invocation_state or {}),
+            messages=copy.deepcopy(call.messages),
+            tool_specs=call.tool_specs,
+            system_prompt=call.system_prompt,
+            invocation_state=call.invocation_state,
         )
         turn = self._take(request, request.describe_last())
-        for event in reply_events(
-            turn.deltas, turn.tool_calls, count_input_words(messages, system_prompt), started
-        ):
-            yield event
+        return Reply(turn.deltas, turn.tool_calls)
 
     def _take(self, request: RecordedRequest, context: str) -> Turn:
         """Record `request` and return its turn; raise past the script or for a raising turn."""
@@ -166,13 +133,11 @@ class ScriptedModel(WordCountedModel):
             raise turn.raises
         return turn
 
-    async def structured_output(
-        self, output_model: type[T], prompt: Messages, system_prompt: str | None = None, **kwargs: Any
-    ) -> AsyncGenerator[dict[str, T | Any], None]:
+    def structured_reply(self, output_model: type[T], prompt: Messages, system_prompt: str | None) -> T:
         """Play the next turn as structured output: its text must be JSON for `output_model`.
 
         The call is recorded like a `stream` call (without tool specs).
         """
         request = RecordedRequest(messages=copy.deepcopy(prompt), tool_specs=[], system_prompt=system_prompt)
         turn = self._take(request, f"structured output {output_model.__name__}")
-        yield {"output": output_model.model_validate_json("".join(turn.deltas))}
+        return output_model.model_validate_json("".join(turn.deltas))

@@ -45,7 +45,8 @@ from strands import Agent
 from strands.hooks import BeforeModelCallEvent
 from strands.models.model import Model
 
-from agent.models.build import FallbackModel, ModelStreamInterruptedError, build_chat_model
+from agent.models.build import build_chat_model
+from agent.models.fallback import FallbackModel, ModelStreamInterruptedError
 from config.settings import Settings
 from tests.conftest import stop_process
 from tools.cache_manager import CacheManager, cache_manager_tool

@@ -136,7 +136,7 @@ async def _ask(agent: Agent, text: str, scopes: frozenset[str] = frozenset({"cli
 LIST_ALL = ("container_ops", {"action": "list"})
 METRICS_ALL = ("metrics_monitor", {"section": "all"})
 
-PLANS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
+FIRST_CALLS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
     ("status", [LIST_ALL, METRICS_ALL]),
     ("How is the site?", [LIST_ALL, METRICS_ALL]),
     ("what is running", [LIST_ALL, METRICS_ALL]),
@@ -225,18 +225,18 @@ TEXT_ONLY: list[tuple[str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), PLANS, ids=[text for text, _ in PLANS])
+@pytest.mark.parametrize(("text", "expected"), FIRST_CALLS, ids=[text for text, _ in FIRST_CALLS])
 def test_phrasing_parses_to_the_expected_first_tool_calls(
     text: str, expected: list[tuple[str, dict]]
 ) -> None:
-    step = RulesModel(SERVICES).plan(text)
+    step = RulesModel(SERVICES).next_step(text)
     assert [(call.name, call.input) for call in step.calls] == expected
     assert step.text == ""
 
 
 @pytest.mark.parametrize(("text", "reply"), TEXT_ONLY, ids=[text for text, _ in TEXT_ONLY])
 def test_phrasing_without_a_usable_intent_gets_text_and_no_tool_call(text: str, reply: str) -> None:
-    step = RulesModel(SERVICES).plan(text)
+    step = RulesModel(SERVICES).next_step(text)
     assert step.calls == ()
     assert reply in step.text
 
@@ -415,7 +415,7 @@ async def test_latency_question_reports_the_services_percentiles_errors_and_inst
     assert "sensor" not in reply.replace("game-state", "")
 
 
-async def test_each_request_is_planned_from_its_own_message(light_tools: list[AgentTool]) -> None:
+async def test_each_request_is_answered_from_its_own_message(light_tools: list[AgentTool]) -> None:
     agent = _agent(light_tools)
     await agent.invoke_async("cache stats")
     result = await agent.invoke_async("gpu")

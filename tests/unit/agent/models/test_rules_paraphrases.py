@@ -1,7 +1,7 @@
 """The rules model's phrase set: everyday paraphrases of every intent, compound messages, and what
 it must refuse to read as a request (small talk, off-topic text, prompt injection).
 
-These drive `RulesModel.plan` (the parser and the plans, without the Agent loop); the behaviour of
+These drive `RulesModel.next_step` (the parser and the steps, without the Agent loop); the behaviour of
 whole turns over real tools is in `test_rules_model.py`.
 """
 
@@ -15,7 +15,8 @@ import pytest
 from agent.models import RulesModel
 from agent.models.events import ToolCall
 from agent.models.intents import IntentParser, Request
-from agent.models.plans import Observation, Step, diagnose
+from agent.models.results import Observation
+from agent.models.steps import Step
 
 SERVICES = ("inference", "sensor", "game-state")
 
@@ -134,7 +135,7 @@ PARAPHRASES: list[tuple[str, str, Calls]] = [
     ("intent", "text", "expected"), PARAPHRASES, ids=[f"{intent}: {text}" for intent, text, _ in PARAPHRASES]
 )
 def test_paraphrase_parses_to_the_intents_first_tool_calls(intent: str, text: str, expected: Calls) -> None:
-    step = RulesModel(SERVICES).plan(text)
+    step = RulesModel(SERVICES).next_step(text)
     assert _calls(step) == expected
     assert step.text == ""
 
@@ -167,7 +168,7 @@ COMPOUND_FIRST_STEPS: list[tuple[str, Calls]] = [
 
 @pytest.mark.parametrize(("text", "expected"), COMPOUND_FIRST_STEPS, ids=[t for t, _ in COMPOUND_FIRST_STEPS])
 def test_compound_message_first_step(text: str, expected: Calls) -> None:
-    assert _calls(RulesModel(SERVICES).plan(text)) == expected
+    assert _calls(RulesModel(SERVICES).next_step(text)) == expected
 
 
 SPLITS: list[tuple[str, list[Request]]] = [
@@ -278,13 +279,13 @@ def _result(call: ToolCall, data: Any, status: str = "success") -> Observation:
 
 def test_compound_answer_keeps_the_order_asked_whatever_order_results_arrive_in() -> None:
     model = RulesModel(SERVICES)
-    first = model.plan("GPU and CPU?")
+    first = model.next_step("GPU and CPU?")
     assert _calls(first) == [GPU, HOST]
     gpu_call, host_call = first.calls
     host = {"host": {"cpu_percent": 12.0, "cpu_count": 1, "load_1m": 0.5}}
     gpu = {"gpu": {"available": False, "reason": "no NVIDIA GPU", "devices": []}}
     # The host result comes back first: tools may finish in any order.
-    final = model.plan("GPU and CPU?", [[_result(host_call, host), _result(gpu_call, gpu)]])
+    final = model.next_step("GPU and CPU?", [[_result(host_call, host), _result(gpu_call, gpu)]])
     assert final.calls == ()
     assert final.text.split("\n") == [
         "This site has no usable GPU (no NVIDIA GPU).",
@@ -295,9 +296,9 @@ def test_compound_answer_keeps_the_order_asked_whatever_order_results_arrive_in(
 
 def test_compound_part_that_lacks_a_detail_says_so_and_the_rest_still_runs() -> None:
     model = RulesModel(SERVICES)
-    step = model.plan("set key k to 1 and show the gpu")
+    step = model.next_step("set key k to 1 and show the gpu")
     assert _calls(step) == [GPU]
-    final = model.plan(
+    final = model.next_step(
         "set key k to 1 and show the gpu",
         [[_result(step.calls[0], {"gpu": {"available": False, "reason": "none", "devices": []}})]],
     )
@@ -307,40 +308,31 @@ def test_compound_part_that_lacks_a_detail_says_so_and_the_rest_still_runs() -> 
 
 
 def test_too_many_parts_in_one_message_is_refused() -> None:
-    step = RulesModel(SERVICES).plan("cpu, gpu, status, cache stats, latency, logs of sensor-1 and alerts")
+    step = RulesModel(SERVICES).next_step(
+        "cpu, gpu, status, cache stats, latency, logs of sensor-1 and alerts"
+    )
     assert step.calls == ()
     assert step.text.startswith("To do that I need at most 6 requests in one message")
 
 
 def test_round_budget_of_a_compound_request_grows_with_its_stages() -> None:
-    """Three changes run one after another (six rounds); the safety net still stops a plan that
+    """Three changes run one after another (six rounds); the safety net still stops a request that
     would go on past its budget."""
     model = RulesModel(SERVICES)
     text = "restart sensor and restart inference and restart game-state"
     rounds: list[list[Observation]] = []
     for service in ("sensor", "inference", "game-state"):
-        step = model.plan(text, rounds)
+        step = model.next_step(text, rounds)
         assert _calls(step) == [_list(service)]
         instance = {"id": f"{service}-1", "service": service, "state": "running"}
         rounds.append([_result(step.calls[0], {"instances": [instance]})])
-        step = model.plan(text, rounds)
+        step = model.next_step(text, rounds)
         assert _calls(step) == [("container_ops", {"action": "restart", "instance_id": f"{service}-1"})]
         rounds.append([_result(step.calls[0], {"restarted": instance})])
-    final = model.plan(text, rounds)
+    final = model.next_step(text, rounds)
     assert final.text.split("\n") == [
         f"Restarted 1 instance: {s}-1 (running)." for s in ("sensor", "inference", "game-state")
     ]
-
-
-def test_capacity_rejects_do_not_read_as_a_long_tail() -> None:
-    """Instant 503 rejects pull the p50 down; the p99/p50 ratio is then no sign of a long tail."""
-    stats = {"requests": 40, "errors": 0, "rejected": 30, "p50_ms": 0.1, "p99_ms": 9.0}
-    findings = diagnose(stats, [], [], None, "sensor", listed=False)
-    assert findings == [
-        "30 requests were turned away for lack of capacity (503): no instance was free to take them; "
-        "scaling out should help."
-    ]
-    assert any("long tail" in f for f in diagnose({**stats, "rejected": 0}, [], [], None, "sensor", False))
 
 
 # -- what is not a request ------------------------------------------------------------------------
@@ -371,7 +363,7 @@ NOT_UNDERSTOOD = [
 
 @pytest.mark.parametrize("text", NOT_UNDERSTOOD)
 def test_text_that_is_not_an_operator_request_gets_no_tool_call(text: str) -> None:
-    step = RulesModel(SERVICES).plan(text)
+    step = RulesModel(SERVICES).next_step(text)
     assert step.calls == ()
     assert step.text.startswith(f'I did not understand "{text}", so I did nothing.')
 
@@ -392,7 +384,7 @@ ADVERSARIAL = [
 
 @pytest.mark.parametrize("text", ADVERSARIAL)
 def test_no_request_ever_names_a_service_the_site_does_not_have(text: str) -> None:
-    step = RulesModel(SERVICES).plan(text)
+    step = RulesModel(SERVICES).next_step(text)
     for call in step.calls:
         assert call.input.get("service") in (None, *SERVICES)
         assert call.input.get("action") not in ("start", "scale", "stop", "restart")
@@ -408,6 +400,6 @@ READS_ONLY = [
 
 @pytest.mark.parametrize("text", READS_ONLY)
 def test_questions_conditionals_and_negations_never_change_the_site(text: str) -> None:
-    step = RulesModel(SERVICES).plan(text)
+    step = RulesModel(SERVICES).next_step(text)
     for call in step.calls:
         assert call.input.get("action") in (None, "list", "stats", "get", "logs")
