@@ -143,9 +143,9 @@ def test_kill_is_abrupt_and_stop_still_cleans_up() -> None:
 def test_stop_in_a_session_of_its_own_also_kills_what_the_child_left_behind() -> None:
     code = (
         "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"  # exits, the grandchild left running
         "grandchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
         "print(f'grandchild {grandchild.pid}', flush=True)\n"
-        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"  # exits, the grandchild left running
         "while True: time.sleep(1)\n"
     )
     child = python(code, new_session=True).start()
