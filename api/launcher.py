@@ -58,7 +58,22 @@ class NotReadyError(RuntimeError):
         self.tail = tail
 
 
-class ChildProcess:
+class _StopsOnExit:
+    """A `with` block stops it on the way out."""
+
+    def stop(self) -> int | None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ChildProcess(_StopsOnExit):
     """One child process: `start()` it, `wait_line`/`wait_ready` for it, read `lines()`/`tail()`,
     `stop()` it.
 
@@ -351,14 +366,6 @@ class ChildProcess:
         if self._pump is not None:
             self._pump.join(DRAIN_S)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 def http_ready(url: str, timeout_s: float = 1.0) -> bool:
     """Whether a GET of `url` (plain http) answers 200 now."""
@@ -379,7 +386,7 @@ def generated_key(role: str) -> str:
     return f"{role}_{secrets.token_urlsafe(18)}"
 
 
-class SiteProcess:
+class SiteProcess(_StopsOnExit):
     """`mec serve` as a child process, ready when it prints `ready on URL` (it picks a free port
     itself with `port=0`, the default), stopped by pid.
 
@@ -432,24 +439,15 @@ class SiteProcess:
         self.proc: ChildProcess | None = None
         self.url = ""
         self.port = 0
-
-    @property
-    def child(self) -> ChildProcess:
-        if self.proc is None:
-            raise RuntimeError(f"{self.name} is not started")
-        return self.proc
-
-    @property
-    def pid(self) -> int:
-        return self.child.pid
+        self.ready_line = ""
 
     @property
     def output(self) -> list[str]:
         """The last lines the site printed on stdout (its keys, `ready on URL`, ...)."""
         return self.proc.lines() if self.proc is not None else []
 
-    def launch(self) -> Self:
-        """Start the process without waiting for it (see `wait_ready`)."""
+    def launch(self) -> ChildProcess:
+        """Start the process without waiting for it (see `wait_ready`); returns it (also `proc`)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = ChildProcess(
             self.command,
@@ -459,13 +457,16 @@ class SiteProcess:
             log=self.log,
             new_session=self.new_session,
         ).start()
-        return self
+        return self.proc
 
     def wait_ready(self, timeout_s: float = 60.0, prefixes: Prefixes = READY_PREFIX) -> float:
-        """Wait for the line that says the site serves (`prefixes`: default `ready on `); set `url`
-        and `port` from it; return the seconds it took. NotReadyError (the site stopped) else."""
+        """Wait for the line that says the site serves (`prefixes`: default `ready on `); set
+        `ready_line`, `url` and `port` from it; return the seconds it took. NotReadyError (the site
+        stopped) else."""
         started = time.monotonic()
-        line = self.child.wait_line(prefixes, timeout_s)
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not started")
+        line = self.ready_line = self.proc.wait_line(prefixes, timeout_s)
         options = (prefixes,) if isinstance(prefixes, str) else prefixes
         self.url = line.removeprefix(next(p for p in options if line.startswith(p))).strip()
         self.port = urlsplit(self.url).port or 0
@@ -484,11 +485,3 @@ class SiteProcess:
     def stop(self, grace_s: float = 15.0) -> int | None:
         """Stop the site by pid (see `ChildProcess.stop`); nothing when it was never started."""
         return self.proc.stop(grace_s) if self.proc is not None else None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from api.launcher import MAX_LINE_BYTES, ChildProcess, NotReadyError, SiteProcess
-from tests.support.polling import until
+from tests.support.polling import alive, until
 
 DEADLINE_S = 60.0
 
@@ -30,13 +29,6 @@ def reaped(pid: int) -> bool:
     except ChildProcessError:
         return True
     return False
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 IGNORES_SIGTERM = (
@@ -230,4 +222,4 @@ def test_site_process_reads_its_url_from_the_ready_line_and_sets_its_environment
         assert site.operator_key and site.env["MEC_OPERATOR_KEYS"] == site.operator_key
         assert (tmp_path / "data" / "site.log").exists()
 
-    assert site.child.returncode == -signal.SIGTERM
+    assert site.proc is not None and site.proc.returncode == -signal.SIGTERM
