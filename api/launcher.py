@@ -4,8 +4,8 @@
 Tests and benchmarks use them to run real servers (a site, a workload, redis-server, an LLM
 server) on loopback, and a launcher that starts several sites as child processes can use them
 too. A child's output never fills a pipe nor this process's memory: it is read as it comes
-into a bounded buffer of its last lines (and copied into a log file when one is given). A
-child is ready when a line it prints, or a check such as an HTTP probe, says so, polled up to
+(from a pipe, or from the log file the child writes when one is given) into a bounded buffer
+of its last lines. A child is ready when a line it prints, or a check such as an HTTP probe, says so, polled up to
 a deadline; one that exits first fails at once with its output tail. Stopping is SIGTERM by
 pid, SIGKILL after a grace period, and SIGKILL to its whole process group when it was started
 in a session of its own.
@@ -325,7 +325,8 @@ class ChildProcess(_StopsOnExit):
                 if not self._exited(grace_s):
                     self._signal(signal.SIGKILL)
             if self.new_session:
-                # while the child is not reaped its pid (= its group's id) cannot be reused
+                # the group's id is the child's pid: not reused while the child is unreaped (as
+                # here, unless `wait` or `kill` reaped it) or any member of the group lives
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
@@ -393,9 +394,9 @@ class SiteProcess(_StopsOnExit):
     The site gets `data_dir` as MEC_DATA_DIR, `client_key` and `operator_key` (generated when not
     given) as its keys, then `env` on top. With `embedded_defaults` every MEC_* variable of this
     process is left out of its environment, so that the site runs on its built-in settings.
-    `args` are extra `mec serve` flags; `command` replaces the whole command line. Its stderr (and
-    stdout) are written to `log` (default `data_dir/site.log`), its stdout lines are kept in
-    `output`.
+    `args` are extra `mec serve` flags; `command` replaces the whole command line. Its stdout and
+    stderr are written to `log` (default `data_dir/site.log`, appended); its last lines since this
+    start are in `output`.
     """
 
     def __init__(
@@ -443,7 +444,7 @@ class SiteProcess(_StopsOnExit):
 
     @property
     def output(self) -> list[str]:
-        """The last lines the site printed on stdout (its keys, `ready on URL`, ...)."""
+        """The last lines the site printed since it started (its keys, `ready on URL`, its log)."""
         return self.proc.lines() if self.proc is not None else []
 
     def launch(self) -> ChildProcess:
