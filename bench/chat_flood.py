@@ -18,7 +18,6 @@ import argparse
 import json
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,17 +29,17 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from site_bench import Children, Server, spawn_site, wait_site  # noqa: E402
 
+from api.launcher import ChildProcess  # noqa: E402
+
 TARGET_RATIO = 1.5
 
 
-def _loadgen(children: Children, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-    return children.spawn(
-        name, [sys.executable, str(BENCH_DIR / "loadgen.py"), *args], stdout=subprocess.PIPE
-    )
+def _loadgen(children: Children, name: str, args: list[str]) -> ChildProcess:
+    return children.spawn(name, [sys.executable, str(BENCH_DIR / "loadgen.py"), *args], pipe_stdout=True)
 
 
-def _tally(proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
-    out, _ = proc.communicate(timeout=timeout_s)
+def _tally(proc: ChildProcess, timeout_s: float) -> dict[str, Any]:
+    out = proc.communicate(timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"loadgen exited with {proc.returncode}")
     return json.loads(out)
@@ -55,7 +54,7 @@ def _percentile(values: list[int], pct: float) -> float:
 
 def sensor_phase(
     children: Children, site: Server, rate: float, duration: float, start_at: float
-) -> subprocess.Popen[bytes]:
+) -> ChildProcess:
     args = ["open", "--port", str(site.port), "--key", site.key, "--kind", "sensor", "--expect-tier", "local"]
     args += [
         "--rate",
@@ -72,7 +71,7 @@ def sensor_phase(
 
 def chat_flood(
     children: Children, site: Server, key: str, connections: int, duration: float, start_at: float
-) -> subprocess.Popen[bytes]:
+) -> ChildProcess:
     args = ["closed", "--port", str(site.port), "--path", "/v1/chat", "--key", key, "--kind", "chat"]
     args += ["--connections", str(connections), "--duration", str(duration), "--start-at", f"{start_at:.3f}"]
     return _loadgen(children, "chat", args)
@@ -106,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="mec-chat-flood-") as tmp:
             workdir = Path(tmp)
-            site, lines = spawn_site(children, workdir, extra_env)
-            wait_site(site, lines, workdir)
+            site = spawn_site(children, workdir, extra_env)
+            wait_site(site)
             flood_key = site.key if args.chat_key == "client" else site.operator_key
             for round_ in range(args.rounds):
                 start = time.time() + 1.5

@@ -36,13 +36,10 @@ import contextlib
 import errno
 import json
 import os
-import queue
 import resource
-import secrets
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,16 +47,23 @@ import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import psutil
-from loadgen import ProtocolError, parse_head, read_chunked
+from typing import TYPE_CHECKING, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+if str(REPO_DIR) not in sys.path:
+    sys.path.insert(0, str(REPO_DIR))  # run as a script: this checkout's packages come first
+
+import psutil  # noqa: E402
+from loadgen import ProtocolError, parse_head, read_chunked  # noqa: E402
+
+from api.launcher import DEGRADED_PREFIX, READY_PREFIX, ChildProcess  # noqa: E402
+
+if TYPE_CHECKING:
+    from site_bench import Children
+
 HOST = "127.0.0.1"
 BODY = b'{"service":"sensor","payload":{"sensor_id":"a","value":1},"client":{"kind":"iot","id":"b"}}'
-SITE_READY_TIMEOUT_S = 90.0
 WARMUP_TIMEOUT_S = 20.0
 FLOOD_OPEN_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 5.0
@@ -332,35 +336,6 @@ def run_flood(port: int, count: int, reopen_rate: float) -> FloodTally:
 # --- the benchmark -------------------------------------------------------------------------------
 
 
-class Children:
-    """Every process the bench starts, stopped by pid (SIGTERM, then SIGKILL)."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(self, args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            self.stop(proc)
-
-
 class Sampler(threading.Thread):
     """Most descriptors and sockets the site process held, per phase (cheap reads of /proc).
 
@@ -410,37 +385,6 @@ class Sampler(threading.Thread):
             self.done.wait(0.1)
 
 
-def _site_env(data_dir: Path, client_key: str, operator_key: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MEC_")}
-    return env | {
-        "MEC_DATA_DIR": str(data_dir),
-        "MEC_CLIENT_KEYS": client_key,
-        "MEC_OPERATOR_KEYS": operator_key,
-        "PYTHONPATH": str(REPO_DIR),
-    }
-
-
-def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
-    for raw in iter(stream.readline, b""):
-        lines.put(raw.decode(errors="replace").rstrip())
-
-
-def _wait_line(
-    lines: queue.Queue[str], prefix: str | tuple[str, ...], timeout_s: float, proc: subprocess.Popen[bytes]
-) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            if proc.poll() is not None:
-                break
-            continue
-        if line.startswith(prefix):
-            return line
-    raise RuntimeError(f"no {prefix!r} line within {timeout_s} s (exit code {proc.poll()})")
-
-
 def _percentile(values: list[int], pct: float) -> float:
     if not values:
         return float("nan")
@@ -452,8 +396,8 @@ def _load(children: Children, port: int, key: str, args: argparse.Namespace) -> 
     cmd = [sys.executable, __file__, "load", "--port", str(port), "--key", key]
     cmd += ["--rate", str(args.rate), "--duration", str(args.duration)]
     cmd += ["--connections", str(args.connections), "--probe-interval", str(args.probe_interval)]
-    proc = children.spawn(cmd, stdout=subprocess.PIPE, cwd=REPO_DIR)
-    out, _ = proc.communicate(timeout=args.duration + WARMUP_TIMEOUT_S + 30)
+    proc = children.spawn("load", cmd, pipe_stdout=True, cwd=REPO_DIR)
+    out = proc.communicate(timeout=args.duration + WARMUP_TIMEOUT_S + 30)
     if proc.returncode != 0:
         raise RuntimeError(f"the load generator failed with exit code {proc.returncode}")
     return LoadTally(**json.loads(out))
@@ -464,38 +408,21 @@ def _fmt_errors(errors: dict[str, int]) -> str:
 
 
 def bench(args: argparse.Namespace) -> int:
+    from site_bench import Children, spawn_site, wait_site  # the bench's helpers (its children import less)
+
     children = Children()
     workdir = Path(tempfile.mkdtemp(prefix="mec-conn-flood-"))
-    client_key = f"bench_client_{secrets.token_urlsafe(18)}"
-    operator_key = f"bench_operator_{secrets.token_urlsafe(18)}"
     sampler: Sampler | None = None
     load_before = os.getloadavg()
     try:
-        mec = Path(sys.executable).parent / "mec"
-        serve = [str(mec)] if mec.exists() else [sys.executable, "-m", "api.cli"]
-        serve += ["serve", "--host", HOST, "--port", "0"]
-        site_cmd = [sys.executable, __file__, "plain-site"] if args.plain else serve
-        with (workdir / "site.stderr").open("wb") as stderr:
-            site = children.spawn(
-                site_cmd,
-                cwd=REPO_DIR,
-                env=_site_env(workdir / "data", client_key, operator_key),
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        site_lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=_read_lines, args=(site.stdout, site_lines), daemon=True).start()
-        try:
-            ready = _wait_line(site_lines, ("ready on ", "degraded on "), SITE_READY_TIMEOUT_S, site)
-        except RuntimeError:
-            print((workdir / "site.stderr").read_text(errors="replace")[-3000:], file=sys.stderr)
-            raise
-        port = int(ready.rsplit(":", 1)[1])
-        url = ready.split(" on ", 1)[1]
+        plain = [sys.executable, __file__, "plain-site"] if args.plain else None
+        site = spawn_site(children, workdir, {"PYTHONPATH": str(REPO_DIR)}, plain)
+        wait_site(site, (READY_PREFIX, DEGRADED_PREFIX))
+        assert site.site is not None
+        port, client_key = site.port, site.key
         nofile = psutil.Process(site.pid).rlimit(psutil.RLIMIT_NOFILE)
         wiring = "bare uvicorn.Config (baseline)" if args.plain else "`mec serve` (api.server.build_server)"
-        print(f"site pid {site.pid} on {url}: {wiring}; {ready.split(' on ')[0]}")
+        print(f"site pid {site.pid} on {site.site.url}: {wiring}; {site.site.ready_line.split(' on ')[0]}")
         print(f"site RLIMIT_NOFILE soft/hard: {nofile[0]}/{nofile[1]}")
         sampler = Sampler(site.pid)
         sampler.start()
@@ -507,17 +434,14 @@ def bench(args: argparse.Namespace) -> int:
         share = [
             args.flood // args.procs + (1 if n < args.flood % args.procs else 0) for n in range(args.procs)
         ]
-        floods: list[tuple[subprocess.Popen[bytes], queue.Queue[str]]] = []
+        floods: list[ChildProcess] = []
         started = time.monotonic()
         for count in share:
             cmd = [sys.executable, __file__, "flood", "--port", str(port), "--count", str(count)]
             cmd += ["--reopen-rate", str(args.reopen_rate / args.procs)]
-            proc = children.spawn(cmd, stdout=subprocess.PIPE, cwd=REPO_DIR)
-            lines: queue.Queue[str] = queue.Queue()
-            threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-            floods.append((proc, lines))
-        for proc, lines in floods:
-            _wait_line(lines, "opened ", FLOOD_OPEN_TIMEOUT_S, proc)
+            floods.append(children.spawn("flood", cmd, cwd=REPO_DIR))
+        for proc in floods:
+            proc.wait_line("opened ", FLOOD_OPEN_TIMEOUT_S)
         open_s = time.monotonic() - started
 
         sampler.phase = "flood"
@@ -526,20 +450,16 @@ def bench(args: argparse.Namespace) -> int:
         sampler.phase = "end"
         established_end = sampler.established()  # the flood still on, the load done
         flood_totals = FloodTally()
-        for proc, lines in floods:
-            Children.stop(proc)
-            while True:
-                line = lines.get(timeout=10)
-                if line.startswith("{"):
-                    break
-            part = FloodTally(**json.loads(line))
+        for proc in floods:
+            proc.stop(STOP_TIMEOUT_S)
+            part = FloodTally(**json.loads(proc.wait_line("{", 10)))
             flood_totals.opened += part.opened
             flood_totals.closed_by_site += part.closed_by_site
             flood_totals.answered += part.answered
             flood_totals.held_max += part.held_max
             for name, count in part.connect_errors.items():
                 flood_totals.connect_errors[name] = flood_totals.connect_errors.get(name, 0) + count
-        alive = site.poll() is None
+        alive = site.proc.running
     finally:
         if sampler is not None:
             sampler.done.set()

@@ -62,19 +62,20 @@ from site_bench import (
     BENCH_DIR,
     HOST,
     REPO_DIR,
+    STOP_TIMEOUT_S,
     Children,
     Server,
     _get,
     _post,
-    _pump_lines,
     _raise_interrupt,
-    _stop,
     busy_shares,
     machine_load,
     percentile,
     spawn_site,
     wait_site,
 )
+
+from api.launcher import ChildProcess
 
 RESULTS_FILE = BENCH_DIR / "results" / "overload.json"
 PLOT_FILE = BENCH_DIR / "results" / "overload.png"
@@ -175,8 +176,8 @@ def accepts_workers() -> bool:
 def start_site(children: Children, workdir: Path, workers: int | None) -> Site:
     workdir.mkdir(parents=True, exist_ok=True)
     extra = ["--workers", str(workers)] if workers is not None else []
-    server, lines = spawn_site(children, workdir, command=site_command(extra))
-    ready_s = wait_site(server, lines, workdir)
+    server = spawn_site(children, workdir, command=site_command(extra))
+    ready_s = wait_site(server)
     status, raw = _get(server.port, "/v1/metrics/snapshot", server.operator_key)
     if status != 200:
         raise RuntimeError(f"GET /v1/metrics/snapshot answered {status}: {raw[:300]!r}")
@@ -195,7 +196,7 @@ def start_site(children: Children, workdir: Path, workers: int | None) -> Site:
 
 def stop_site(site: Site) -> None:
     """Stop one site by its pid; its leftover descendants are killed by `Children.stop_all`."""
-    _stop(site.server.proc)
+    site.server.proc.stop(STOP_TIMEOUT_S)
 
 
 def _port_of(url: str) -> int:
@@ -304,20 +305,25 @@ def cooldown(site: Site, max_s: float) -> float:
 # --- generators ------------------------------------------------------------------------------------
 
 
+def _pump_lines(stream: Any, lines: queue.Queue[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        lines.put(raw.decode(errors="replace").rstrip())
+
+
 class Generators:
     """`openloop.py serve` processes, started once; each takes one command at a time."""
 
     def __init__(self, children: Children, count: int) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[ChildProcess] = []
         self.lines: list[queue.Queue[str]] = []
         for n in range(count):
             proc = children.spawn(
                 f"openloop-{n}",
                 [sys.executable, str(BENCH_DIR / "openloop.py"), "serve"],
                 cwd=REPO_DIR,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                start_new_session=True,
+                stdin=True,
+                pipe_stdout=True,
+                new_session=True,
             )
             lines: queue.Queue[str] = queue.Queue()
             threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True).start()
@@ -325,11 +331,10 @@ class Generators:
             self.lines.append(lines)
 
     def processes(self) -> list[psutil.Process]:
-        return [psutil.Process(proc.pid) for proc in self.procs if proc.poll() is None]
+        return [psutil.Process(proc.pid) for proc in self.procs if proc.running]
 
     def submit(self, commands: Sequence[Command]) -> None:
         for proc, command in zip(self.procs, commands, strict=False):
-            assert proc.stdin is not None
             proc.stdin.write(json.dumps(asdict(command)).encode() + b"\n")
             proc.stdin.flush()
 
@@ -349,7 +354,7 @@ class Generators:
             try:
                 return self.lines[n].get(timeout=0.5)
             except queue.Empty:
-                if self.procs[n].poll() is not None:
+                if self.procs[n].returncode is not None:
                     raise RuntimeError(f"generator {n} exited ({self.procs[n].returncode})") from None
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"generator {n} gave no result within {timeout_s:.0f} s") from None

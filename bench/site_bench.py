@@ -45,7 +45,6 @@ import http.client
 import json
 import os
 import platform
-import queue
 import resource
 import secrets
 import shutil
@@ -53,22 +52,25 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-from loadgen import request_body
-
-from agent.router import PlanRequest, plan
-from agent.view import LoadFigures, ServiceView, View
-from tools.runtimes.base import Instance
-
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+if str(REPO_DIR) not in sys.path:
+    sys.path.insert(0, str(REPO_DIR))  # run as a script: this checkout's packages come first
+
+import psutil  # noqa: E402
+from loadgen import request_body  # noqa: E402
+
+from agent.router import PlanRequest, plan  # noqa: E402
+from agent.view import LoadFigures, ServiceView, View  # noqa: E402
+from api.launcher import READY_PREFIX, ChildProcess, Prefixes, SiteProcess  # noqa: E402
+from tools.runtimes.base import Instance, free_port  # noqa: E402
+
 RESULTS_FILE = BENCH_DIR / "results" / "latest.json"
 HOST = "127.0.0.1"
 SITE_READY_TIMEOUT_S = 90.0
@@ -234,21 +236,24 @@ class Children:
     """Every process the bench started; `stop_all` ends them by pid, newest first."""
 
     def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.procs: list[ChildProcess] = []
         self.orphans: list[psutil.Process] = []
 
-    def spawn(self, name: str, args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, **kwargs)
-        self.procs.append((name, proc))
-        return proc
+    def spawn(self, name: str, args: list[str], **options: Any) -> ChildProcess:
+        """Start `args` as an `api.launcher.ChildProcess` (`options`: its keyword arguments)."""
+        return self.track(ChildProcess(args, name=name, **options).start())
+
+    def track(self, child: ChildProcess) -> ChildProcess:
+        self.procs.append(child)
+        return child
 
     def resident(self) -> list[psutil.Process]:
         """The bench's processes that are running now (servers, workloads, load generators)."""
         running = []
-        for _, proc in self.procs:
-            if proc.poll() is None:
+        for child in self.procs:
+            if child.running:
                 try:
-                    running.append(psutil.Process(proc.pid))
+                    running.append(psutil.Process(child.pid))
                 except psutil.Error:
                     continue
         return running + [orphan for orphan in self.orphans if orphan.is_running()]
@@ -258,8 +263,8 @@ class Children:
         self.orphans.extend(processes)
 
     def stop_all(self) -> None:
-        for _, proc in reversed(self.procs):
-            _stop(proc)
+        for child in reversed(self.procs):
+            child.stop(STOP_TIMEOUT_S)
         for orphan in self.orphans:
             try:
                 if orphan.is_running():  # psutil also checks the pid was not reused
@@ -270,41 +275,21 @@ class Children:
         self.orphans.clear()
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except ProcessLookupError:
-        pass
-
-
 @dataclass
 class Server:
-    """A started HTTP server under test."""
+    """A started HTTP server under test (`site`: the `mec serve` launcher, for a site)."""
 
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: ChildProcess
     port: int
     path: str
     key: str = ""
     operator_key: str = ""
+    site: SiteProcess | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _post(port: int, path: str, body: bytes, key: str = "", timeout: float = 5.0) -> tuple[int, bytes]:
@@ -330,68 +315,37 @@ def _get(port: int, path: str, key: str, timeout: float = 5.0) -> tuple[int, byt
         conn.close()
 
 
-def _site_env(data_dir: Path, client_key: str, operator_key: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MEC_")}
-    env |= {"MEC_DATA_DIR": str(data_dir), "MEC_CLIENT_KEYS": client_key, "MEC_OPERATOR_KEYS": operator_key}
-    return env
-
-
-def _site_command() -> list[str]:
-    script = Path(sys.executable).parent / "mec"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "api.cli"]
-    return [*head, "serve", "--host", HOST, "--port", "0"]
-
-
-def _pump_lines(stream: Any, lines: queue.Queue[str]) -> None:
-    for raw in iter(stream.readline, b""):
-        lines.put(raw.decode(errors="replace").rstrip())
-
-
 def spawn_site(
     children: Children,
     workdir: Path,
     extra_env: dict[str, str] | None = None,
     command: Sequence[str] | None = None,
-) -> tuple[Server, queue.Queue[str]]:
-    """Start `mec serve` (or `command`) with generated keys in a fresh data dir under `workdir`."""
-    client_key = f"bench_client_{secrets.token_urlsafe(18)}"
-    operator_key = f"bench_operator_{secrets.token_urlsafe(18)}"
-    with (workdir / "site.stderr").open("wb") as stderr:
-        proc = children.spawn(
-            "site",
-            list(command) if command is not None else _site_command(),
-            cwd=REPO_DIR,
-            env=_site_env(workdir / "data", client_key, operator_key) | (extra_env or {}),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True).start()
-    return Server("site", proc, 0, "/v1/requests", client_key, operator_key), lines
+) -> Server:
+    """Start `mec serve` of this checkout (or `command`) on its embedded defaults, with generated
+    keys in a fresh data dir under `workdir` (its output in `site.log` there)."""
+    site = SiteProcess(
+        workdir / "data",
+        env=extra_env,
+        embedded_defaults=True,
+        command=command,
+        cwd=REPO_DIR,
+        new_session=True,
+    )
+    child = children.track(site.launch())
+    return Server("site", child, 0, "/v1/requests", site.client_key, site.operator_key, site)
 
 
-def wait_site(site: Server, lines: queue.Queue[str], workdir: Path) -> float:
-    """Block until the site prints `ready on ...:PORT`; return how long it took."""
-    started = time.monotonic()
-    deadline = started + SITE_READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if site.proc.poll() is not None:
-            break
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        if line.startswith("ready on "):
-            site.port = int(line.rsplit(":", 1)[1])
-            return time.monotonic() - started
-    tail = (workdir / "site.stderr").read_text(errors="replace")[-3000:]
-    raise RuntimeError(f"the site did not become ready (exit code {site.proc.poll()}):\n{tail}")
+def wait_site(site: Server, prefixes: Prefixes = READY_PREFIX) -> float:
+    """Block until the site prints `ready on ...:PORT` (or one of `prefixes`); return how long it took."""
+    assert site.site is not None
+    ready_s = site.site.wait_ready(SITE_READY_TIMEOUT_S, prefixes)
+    site.port = site.site.port
+    return ready_s
 
 
 def spawn_echo(children: Children, name: str = "echo", loop: str = "auto") -> Server:
     """The echo app under uvicorn's CLI; `loop` "auto" is uvicorn's default (uvloop when installed)."""
-    port = _free_port()
+    port = free_port(HOST)
     args = [sys.executable, "-m", "uvicorn", "echo_app:app", "--app-dir", str(BENCH_DIR), "--loop", loop]
     args += [
         "--host",
@@ -404,7 +358,7 @@ def spawn_echo(children: Children, name: str = "echo", loop: str = "auto") -> Se
         "--log-level",
         "warning",
     ]
-    proc = children.spawn(name, args, cwd=REPO_DIR, start_new_session=True)
+    proc = children.spawn(name, args, cwd=REPO_DIR, new_session=True)
     return Server(name, proc, port, "/echo")
 
 
@@ -422,19 +376,10 @@ def server_stack(pid: int) -> dict[str, str]:
 
 
 def wait_echo(echo: Server) -> float:
-    started = time.monotonic()
-    deadline = started + ECHO_READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if echo.proc.poll() is not None:
-            break
-        try:
-            status, _ = _post(echo.port, echo.path, b'{"ping":1}', timeout=1.0)
-        except OSError:
-            time.sleep(0.1)
-            continue
-        if status == 200:
-            return time.monotonic() - started
-    raise RuntimeError(f"the echo app did not become ready (exit code {echo.proc.poll()})")
+    """Block until the echo app answers a POST; return how long it took."""
+    return echo.proc.wait_ready(
+        lambda: _post(echo.port, echo.path, b'{"ping":1}', timeout=1.0)[0] == 200, ECHO_READY_TIMEOUT_S, 0.1
+    )
 
 
 # --- load generation --------------------------------------------------------------------------
@@ -571,13 +516,13 @@ def run_loadgen(children: Children, job: Job, load: Load, meter: CpuMeter | None
         args = _loadgen_args(job, mode, share, duration, start_at)
         if mode == "open":
             args += ["--rate", str(rate / procs)]
-        running.append(children.spawn(f"loadgen-{n}", args, stdout=subprocess.PIPE))
+        running.append(children.spawn(f"loadgen-{n}", args, pipe_stdout=True))
     if meter is not None:
         time.sleep(max(0.0, start_at - time.time()))
         meter.start()
     tallies = []
     for proc in running:
-        out, _ = proc.communicate(timeout=duration + 60)
+        out = proc.communicate(timeout=duration + 60)
         if proc.returncode != 0:
             raise RuntimeError(f"loadgen failed with exit code {proc.returncode}")
         tallies.append(json.loads(out))
@@ -673,16 +618,13 @@ def wrk_closed(
     args = ["wrk", "-t1", f"-c{profile.closed_connections}", f"-d{duration}s", "--timeout", "5s"]
     if meter is not None:
         meter.start()
-    proc = children.spawn(
-        "wrk", [*args, "-s", str(script), url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    out, err = proc.communicate(timeout=duration + 30)
+    log = workdir / f"{job.phase}.wrk.stderr"
+    proc = children.spawn("wrk", [*args, "-s", str(script), url], pipe_stdout=True, log=log)
+    out = proc.communicate(timeout=duration + 30)
     text = out.decode(errors="replace")
     found = [line for line in text.splitlines() if line.startswith("BENCH_JSON ")]
     if proc.returncode != 0 or not found:
-        raise RuntimeError(
-            f"wrk failed ({proc.returncode}): {text[-800:]} {err.decode(errors='replace')[-800:]}"
-        )
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {text[-800:]} {proc.tail(800)}")
     data = json.loads(found[-1].removeprefix("BENCH_JSON "))
     seconds = data["duration_us"] / 1e6
     errors = {name: data[name] for name in ("non200", "connect", "read", "write", "timeout") if data[name]}
@@ -1033,9 +975,9 @@ def closed_rounds(closed: ClosedRunner, jobs: Sequence[Job], rounds: int) -> dic
 
 
 def run_servers(children: Children, profile: Profile, use_wrk: bool, workdir: Path) -> dict[str, Any]:
-    site, site_lines = spawn_site(children, workdir)
+    site = spawn_site(children, workdir)
     echo = spawn_echo(children)
-    startup = {"echo": round(wait_echo(echo), 2), "site": round(wait_site(site, site_lines, workdir), 2)}
+    startup = {"echo": round(wait_echo(echo), 2), "site": round(wait_site(site), 2)}
     children.adopt(psutil.Process(site.pid).children(recursive=True))
     stacks = {"site": server_stack(site.pid), "echo": server_stack(echo.pid)}
     _prime(site)

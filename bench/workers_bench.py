@@ -53,9 +53,9 @@ class Config:
 def spawn(children: Children, config: Config, workdir: Path) -> Server:
     workdir.mkdir()
     command = [sys.executable, "-c", LAUNCH, config.mode, "serve", "--host", "127.0.0.1", "--port", "0"]
-    site, lines = spawn_site(children, workdir, {"MEC_WORKERS": str(config.workers)}, command)
+    site = spawn_site(children, workdir, {"MEC_WORKERS": str(config.workers)}, command)
     site.name = config.name
-    wait_site(site, lines, workdir)
+    wait_site(site)
     children.adopt(psutil.Process(site.pid).children(recursive=True))
     _prime(site)
     return site

@@ -23,10 +23,7 @@ import itertools
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,13 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workloads.game_state import GameStateService
-from workloads.inference import DEVICE_CHOICES, INTENT_EXAMPLES, InferenceService
-from workloads.sensor import SensorService
-from workloads.server import Workload
-
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+if str(REPO_DIR) not in sys.path:
+    sys.path.insert(0, str(REPO_DIR))  # run as a script: this checkout's packages come first
+
+from api.launcher import ChildProcess, http_ready  # noqa: E402
+from tools.runtimes.base import free_port  # noqa: E402
+from workloads.game_state import GameStateService  # noqa: E402
+from workloads.inference import DEVICE_CHOICES, INTENT_EXAMPLES, InferenceService  # noqa: E402
+from workloads.sensor import SensorService  # noqa: E402
+from workloads.server import Workload  # noqa: E402
+
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -127,53 +129,22 @@ def measure_in_process(case: Case, device: str, calls: int) -> Figures:
     return Figures.of(durations)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def start_workload(module: str, device: str = "cpu") -> tuple[subprocess.Popen[bytes], int]:
+def start_workload(module: str, device: str = "cpu") -> tuple[ChildProcess, int]:
     """``python -m workloads.MODULE`` on a free port, once its /healthz answers 200."""
-    port = _free_port()
-    env = {**os.environ, "MEC_WORKLOAD_DEVICE": device}
-    process = subprocess.Popen(
+    port = free_port(HOST)
+    process = ChildProcess(
         [sys.executable, "-m", f"workloads.{module}", "--host", HOST, "--port", str(port)],
+        name=f"workloads.{module}",
         cwd=REPO_DIR,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            error = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise RuntimeError(f"workloads.{module} exited with {process.returncode}: {error.strip()}")
-        conn = http.client.HTTPConnection(HOST, port, timeout=5)
-        try:
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return process, port
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            conn.close()
-    stop_workload(process)
-    raise RuntimeError(f"workloads.{module} did not answer /healthz within {START_TIMEOUT_S:.0f} s")
+        env={**os.environ, "MEC_WORKLOAD_DEVICE": device},
+    ).start()
+    process.wait_ready(lambda: http_ready(f"http://{HOST}:{port}/healthz", 5.0), START_TIMEOUT_S)
+    return process, port
 
 
-def stop_workload(process: subprocess.Popen[bytes]) -> None:
+def stop_workload(process: ChildProcess) -> None:
     """SIGTERM by pid, SIGKILL if it lingers."""
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-    if process.stderr:
-        process.stderr.close()
+    process.stop(STOP_TIMEOUT_S)
 
 
 def measure_http(case: Case, device: str, calls: int) -> Figures:

@@ -17,7 +17,7 @@ import httpx
 import psutil
 
 from tests.conftest import CLIENT_KEY, OPERATOR_KEY, SiteProcess
-from tests.support.polling import until
+from tests.support.polling import alive, until
 
 ONLY_SENSOR = {"MEC_SERVICES__INFERENCE__REPLICAS": "0", "MEC_SERVICES__GAME-STATE__REPLICAS": "0"}
 TWO = ["--workers", "2"]
@@ -52,13 +52,6 @@ def workers_seen(site: SiteProcess, count: int = 2) -> dict[int, int]:
 
     until(all_seen, f"all {count} workers answered (saw {seen})")
     return seen
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def serve_sensor(site: SiteProcess, times: int = 6) -> None:

@@ -31,11 +31,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +45,8 @@ from strands.models.model import Model
 
 from agent.models.build import build_chat_model
 from agent.models.fallback import FallbackModel, ModelStreamInterruptedError
+from api.launcher import ChildProcess, http_ready
 from config.settings import Settings
-from tests.conftest import stop_process
 from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
 from tools.runtimes.base import free_port
@@ -104,65 +102,29 @@ class LlamaServer:
     """`python -m llama_cpp.server` on a free loopback port, stopped or killed by its pid."""
 
     def __init__(self, gguf: Path, workdir: Path) -> None:
-        self.gguf = gguf
         self.port = free_port()
-        self.log_path = workdir / f"llama-server-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        args = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", MODEL_ALIAS]
+        args += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"]
+        args += ["--n_threads", str(min(os.cpu_count() or 2, 4)), "--verbose", "False"]
+        self.proc = ChildProcess(args, name="llama_cpp.server", log=workdir / f"llama-server-{self.port}.log")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self, timeout_s: float = 90.0) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "llama_cpp.server",
-                    "--model",
-                    str(self.gguf),
-                    "--model_alias",
-                    MODEL_ALIAS,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--n_ctx",
-                    "2048",
-                    "--n_threads",
-                    str(min(os.cpu_count() or 2, 4)),
-                    "--verbose",
-                    "False",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"llama_cpp.server did not answer within {timeout_s} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+    def start(self, timeout_s: float = 90.0) -> LlamaServer:
+        self.proc.start().wait_ready(lambda: http_ready(f"{self.url}/models"), timeout_s)
+        return self
 
     def kill(self) -> None:
         """SIGKILL: the abrupt failure the chat must ride out."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.proc.kill()
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
+    def __enter__(self) -> LlamaServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -172,29 +134,14 @@ def gguf() -> Path:
 
 @pytest.fixture
 def start_server(gguf: Path, tmp_path: Path) -> Iterator[Callable[[], LlamaServer]]:
-    started: list[LlamaServer] = []
-
-    def start() -> LlamaServer:
-        server = LlamaServer(gguf, tmp_path)
-        started.append(server)
-        server.start()
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.stop()
+    with ExitStack() as started:
+        yield lambda: started.enter_context(LlamaServer(gguf, tmp_path).start())
 
 
 @pytest.fixture(scope="module")
 def shared_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    server = LlamaServer(gguf, tmp_path_factory.mktemp("llama"))
-    server.start()
-    try:
+    with LlamaServer(gguf, tmp_path_factory.mktemp("llama")).start() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def chat_model(url: str, fallback: list[str] | None = None, max_tokens: int = 200) -> FallbackModel:

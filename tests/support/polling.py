@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 INTERVAL_S = 0.02
 
 
@@ -30,3 +32,11 @@ async def eventually(predicate: Callable[[], Any], what: str, timeout_s: float =
             return value
         await asyncio.sleep(INTERVAL_S)
     raise AssertionError(f"not within {timeout_s:g} s: {what}")
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (dead, not yet waited for)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import os
 import resource
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +35,7 @@ from fastapi import FastAPI
 
 REPO = Path(__file__).resolve().parents[3]
 if __name__ != "__main__":
-    from tests.conftest import stop_process
+    from api.launcher import ChildProcess
 
 CHILD_NOFILE = 600
 """Hard and soft RLIMIT_NOFILE of the server child: room for `LIMIT` plus the reserves, not `FLOOD`."""
@@ -108,7 +108,7 @@ def _cap_nofile() -> None:
 class Server:
     """A server child process, read from its `ready on PORT` line; stopped by pid."""
 
-    proc: subprocess.Popen[bytes]
+    proc: ChildProcess
     port: int
     log: Path
 
@@ -132,47 +132,33 @@ class Server:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
+    with contextlib.ExitStack() as started:
+        count = itertools.count()
 
-    def start(**settings: Any) -> Server:
-        spec = {
-            "settings": {
-                "max_connections": LIMIT,
-                "header_timeout_s": HEADER_TIMEOUT_S,
-                "body_timeout_s": BODY_TIMEOUT_S,
-                "keepalive_timeout_s": KEEPALIVE_TIMEOUT_S,
-                **settings,
+        def start(**settings: Any) -> Server:
+            spec = {
+                "settings": {
+                    "max_connections": LIMIT,
+                    "header_timeout_s": HEADER_TIMEOUT_S,
+                    "body_timeout_s": BODY_TIMEOUT_S,
+                    "keepalive_timeout_s": KEEPALIVE_TIMEOUT_S,
+                    **settings,
+                }
             }
-        }
-        log = tmp_path / f"server{len(started)}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen(
-            [sys.executable, __file__, json.dumps(spec)],
-            stdout=subprocess.PIPE,
-            stderr=log.open("wb"),
-            cwd=REPO,
-            env=env,
-            preexec_fn=_cap_nofile,
-        )
-        assert proc.stdout is not None
-        line = b""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line or line.startswith(b"ready on "):
-                break
-        if not line.startswith(b"ready on "):
-            stop_process(proc)
-            raise RuntimeError(f"server did not start: {log.read_text()}")
-        server = Server(proc, int(line.split()[-1]), log)
-        started.append(server)
-        return server
+            log = tmp_path / f"server{next(count)}.log"
+            child = ChildProcess(
+                [sys.executable, __file__, json.dumps(spec)],
+                name="server",
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                cwd=REPO,
+                log=log,
+                preexec_fn=_cap_nofile,
+            )
+            started.enter_context(child.start())
+            line = child.wait_line("ready on ", START_TIMEOUT_S)
+            return Server(child, int(line.split()[-1]), log)
 
-    try:
         yield start
-    finally:
-        for server in started:
-            stop_process(server.proc)
 
 
 def poll(probe: Callable[[], Any], deadline_s: float = DEADLINE_S) -> Any:

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from api.launcher import ChildProcess, http_ready
+from tools.runtimes.base import free_port
 from workloads import game_state, inference, sensor
 from workloads.sensor import SensorService
 from workloads.server import MAX_BODY_BYTES, PayloadError, WorkloadHTTPServer, WorkloadRequestHandler
@@ -46,17 +48,11 @@ INVALID_FIELD: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class RunningWorkload:
     name: str
     port: int
-    process: subprocess.Popen[bytes]
+    process: ChildProcess
     stderr_path: Path
 
     def connect(self) -> http.client.HTTPConnection:
@@ -67,7 +63,8 @@ class RunningWorkload:
 
 
 def _start(name: str, tmp_path: Path, *, port_by_env: bool = False) -> RunningWorkload:
-    port = _free_port()
+    """`python -m workloads.NAME` on a free port, once its /healthz answers 200."""
+    port = free_port()
     env = {**os.environ, "MEC_WORKLOAD_DEVICE": "python", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", f"workloads.{name}"]
     if port_by_env:
@@ -75,37 +72,9 @@ def _start(name: str, tmp_path: Path, *, port_by_env: bool = False) -> RunningWo
     else:
         command += ["--port", str(port)]
     stderr_path = tmp_path / f"{name}-{port}.stderr"
-    with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    workload = RunningWorkload(name, port, process, stderr_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{name} exited with {process.returncode}: {workload.stderr()}")
-        connection = workload.connect()
-        try:
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status == 200:
-                return workload
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            connection.close()
-    _kill(process)
-    raise AssertionError(f"{name} did not answer /healthz within {START_TIMEOUT_S}s: {workload.stderr()}")
-
-
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
+    process = ChildProcess(command, name=name, cwd=REPO_ROOT, env=env, log=stderr_path).start()
+    process.wait_ready(lambda: http_ready(f"http://127.0.0.1:{port}/healthz"), START_TIMEOUT_S)
+    return RunningWorkload(name, port, process, stderr_path)
 
 
 @pytest.fixture(scope="module", params=sorted(EXAMPLES))
@@ -116,7 +85,7 @@ def workload(
     try:
         yield running
     finally:
-        _kill(running.process)
+        running.process.stop()
 
 
 @pytest.fixture
@@ -412,7 +381,7 @@ def test_sigterm_stops_the_workload_with_exit_code_zero(name: str, tmp_path: Pat
         idle.close()
         assert f"{name} listening on http://127.0.0.1:{running.port}" in running.stderr()
     finally:
-        _kill(running.process)
+        running.process.stop()
 
 
 def test_port_can_come_from_the_environment(tmp_path: Path) -> None:
@@ -421,7 +390,7 @@ def test_port_can_come_from_the_environment(tmp_path: Path) -> None:
         os.kill(running.process.pid, signal.SIGTERM)
         assert running.process.wait(timeout=10) == 0
     finally:
-        _kill(running.process)
+        running.process.stop()
 
 
 def test_missing_port_is_a_usage_error() -> None:
@@ -439,7 +408,7 @@ def test_service_that_cannot_be_built_exits_with_code_one() -> None:
     env = {**os.environ, "MEC_WORKLOAD_DEVICE": "abacus"}
 
     completed = subprocess.run(
-        [sys.executable, "-m", "workloads.inference", "--port", str(_free_port())],
+        [sys.executable, "-m", "workloads.inference", "--port", str(free_port())],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
