@@ -44,12 +44,9 @@ Clock = Callable[[], float]
 class AdmissionLimits(Protocol):
     """What admission reads of the site's settings (`config.settings.Settings` has it)."""
 
-    @property
-    def instance_capacity(self) -> int: ...
-    @property
-    def instance_queue(self) -> int: ...
-    @property
-    def queue_target_ms(self) -> float: ...
+    instance_capacity: int
+    instance_queue: int
+    queue_target_ms: float
 
 
 @dataclass(frozen=True, slots=True)

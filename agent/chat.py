@@ -45,31 +45,26 @@ SESSION_NAMESPACE = "_chat_sessions"
 
 
 class ChatSettings(Protocol):
-    """What the chat service reads of the site's settings (`config.settings.Settings` has it)."""
+    """What the chat service reads of the site's settings (`config.settings.Settings` has it).
+
+    `model_timeout_s` is one model call's limit; a turn (several calls and tools) may take four."""
+
+    chat_max_sessions: int
+    chat_session_ttl_s: float
+    chat_window_messages: int
+    chat_mutations_per_minute: int
+    chat_turns_per_minute: float
+    chat_burst: int
+    chat_max_concurrent_turns: int
+    model_timeout_s: float
 
     @property
     def services(self) -> Mapping[str, object]:
         """The site's services by name: the only ones the agent may start or scale."""
 
     @property
-    def image_allowlist(self) -> Sequence[str]: ...
-    @property
-    def chat_max_sessions(self) -> int: ...
-    @property
-    def chat_session_ttl_s(self) -> float: ...
-    @property
-    def chat_window_messages(self) -> int: ...
-    @property
-    def chat_mutations_per_minute(self) -> int: ...
-    @property
-    def chat_turns_per_minute(self) -> float: ...
-    @property
-    def chat_burst(self) -> int: ...
-    @property
-    def chat_max_concurrent_turns(self) -> int: ...
-    @property
-    def model_timeout_s(self) -> float:
-        """One model call's limit; a turn (several calls and tools) may take four of them."""
+    def image_allowlist(self) -> Sequence[str]:
+        """Images the agent may start."""
 
 
 @dataclass

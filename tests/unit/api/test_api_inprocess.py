@@ -4,26 +4,20 @@ in-test HTTP servers: auth and tenancy wiring, the status mapping, readiness, ch
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from api.site import Site
-from tests.support.inprocess import in_process_site
-from tests.support.workloads import ScriptedWorkload
+from tests.support.inprocess import InProcessSite, in_process_site
 
 CLIENT_A = "client-key-a-0123456789"
 CLIENT_B = "client-key-b-0123456789"
 OPERATOR = "operator-key-0123456789"
 
 
-@dataclass
-class Api:
-    http: httpx.AsyncClient
-    site: Site
-    workload: ScriptedWorkload
+class Api(InProcessSite):
+    """The running site, with this file's ways of calling it."""
 
     async def request(self, key: str, payload: dict, **extra) -> httpx.Response:
         body = {"service": "svc", "payload": payload, "client": {"kind": "mobile", "id": "c"}, **extra}

@@ -8,26 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from api.site import Site
-from tests.support.inprocess import in_process_site
-from tests.support.workloads import ScriptedWorkload
+from tests.support.inprocess import InProcessSite, in_process_site
 
 CLIENT = "client-key-0123456789"
 OPERATOR = "operator-key-0123456789"
 
 
-@dataclass
-class Api:
-    http: httpx.AsyncClient
-    site: Site
-    workload: ScriptedWorkload
+class Api(InProcessSite):
+    """The running site, with this file's ways of calling it."""
 
     async def send(self, body: Any, key: str | None = CLIENT, chunked: bool = False) -> httpx.Response:
         data = json.dumps(body).encode() if not isinstance(body, bytes) else body
