@@ -196,6 +196,10 @@ def test_health_readiness_docs_and_metrics(http: httpx.Client, site: SiteProcess
     ready = httpx.get(f"{site.url}/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"]["cache"] == {"backend": "memory", "status": "ok"}
+    for path in ("/healthz", "/readyz"):  # over the site's own HTTP server, as a load balancer asks
+        head = httpx.head(f"{site.url}{path}")
+        assert (head.status_code, head.content) == (200, b"")
+        assert int(head.headers["content-length"]) == len(httpx.get(f"{site.url}{path}").content)
     assert httpx.get(f"{site.url}/docs").status_code == 200
     assert "/v1/requests" in httpx.get(f"{site.url}/openapi.json").json()["paths"]
     operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
