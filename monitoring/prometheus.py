@@ -242,36 +242,35 @@ class SiteCollector:
             admission["late"],
         )
         gates: list[tuple[str, Mapping[str, Any]]] = sorted(admission["instances"].items())
-        yield self._gauge(
-            "mec_instance_concurrency_limit",
-            "Adaptive concurrency limit of an instance.",
-            (((iid,), figures["limit"]) for iid, figures in gates),
-            labels=["instance"],
-        )
-        yield self._gauge(
-            "mec_instance_inflight",
-            "Requests in flight at an instance.",
-            (((iid,), figures["inflight"]) for iid, figures in gates),
-            labels=["instance"],
-        )
-        yield self._gauge(
-            "mec_instance_queued",
-            "Requests waiting at the site for an instance.",
-            (((iid,), figures["queued"]) for iid, figures in gates),
-            labels=["instance"],
-        )
-        yield self._counter(
-            "mec_instance_refused_in_queue_total",
-            "Queued requests refused before being sent: their budget no longer covered the instance's latency.",
-            (((iid,), figures["refused_in_queue"]) for iid, figures in gates),
-            labels=["instance"],
-        )
-        yield self._gauge(
-            "mec_instance_service_seconds",
-            "What one more request costs an instance (its recent latency over its concurrency).",
-            (((iid,), figures["service_ms"] / 1000) for iid, figures in gates),
-            labels=["instance"],
-        )
+        for name, help_, figure, scale in _GATE_SERIES:
+            family = self._counter if name.endswith("_total") else self._gauge
+            yield family(
+                name,
+                help_,
+                (((iid,), figures[figure] * scale) for iid, figures in gates),
+                labels=["instance"],
+            )
+
+
+_GATE_SERIES: tuple[tuple[str, str, str, float], ...] = (
+    ("mec_instance_concurrency_limit", "Adaptive concurrency limit of an instance.", "limit", 1),
+    ("mec_instance_inflight", "Requests in flight at an instance.", "inflight", 1),
+    ("mec_instance_queued", "Requests waiting at the site for an instance.", "queued", 1),
+    (
+        "mec_instance_refused_in_queue_total",
+        "Queued requests refused before being sent: their budget no longer covered the instance's latency.",
+        "refused_in_queue",
+        1,
+    ),
+    (
+        "mec_instance_service_seconds",
+        "What one more request costs an instance (its recent latency over its concurrency).",
+        "service_ms",
+        1 / 1000,
+    ),
+)
+"""Each instance gate's series: (exposed name, help, figure of `InstanceGate.figures()`, scale);
+names ending in `_total` are counters."""
 
 
 def render(
