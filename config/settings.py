@@ -256,6 +256,41 @@ class Settings(BaseSettings):
         default=20_000, ge=100, le=120_000, description="Budget of requests sent to the LLM."
     )
 
+    peers: CommaList = Field(
+        default_factory=list,
+        description="The other sites of the swarm as ID=URL (e.g. site-2=http://10.0.0.2:8080); none: a "
+        "site on its own.",
+    )
+    peer_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Shared secret the sites sign peer requests with (HMAC-SHA256); needed with peers.",
+    )
+    consensus: Literal["embedded", "etcd"] = Field(
+        default="embedded", description="The swarm's consensus: embedded Raft (pysyncobj) or an etcd cluster."
+    )
+    raft_host: str = Field(default="127.0.0.1", description="Where the embedded Raft listens.")
+    raft_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="The embedded Raft's port; default: the API port + 1000. Peers' Raft ports are "
+        "their API ports + 1000 unless given as ID=URL@RAFT_HOST:PORT.",
+    )
+    etcd_endpoints: CommaList = Field(
+        default_factory=list, description="etcd members' client URLs (http://HOST:PORT) for consensus=etcd."
+    )
+    gossip_interval_s: float = Field(
+        default=0.2, gt=0, description="How often a site sends its load to its peers."
+    )
+    load_stale_s: float = Field(
+        default=1.5, gt=0, description="A peer's load older than this counts as unavailable."
+    )
+    balancer: Literal["default", "p2c", "least-loaded", "round-robin"] = Field(
+        default="default",
+        description="How a request the site cannot serve in budget picks a peer.",
+    )
+
     image_allowlist: CommaList = Field(
         default_factory=list, description="Images that may be started; the services' images are always in."
     )
@@ -271,7 +306,15 @@ class Settings(BaseSettings):
     def _empty_config_is_none(cls, value: Any) -> Any:
         return value or None
 
-    @field_validator("client_keys", "operator_keys", "image_allowlist", "model_fallback", mode="before")
+    @field_validator(
+        "client_keys",
+        "operator_keys",
+        "image_allowlist",
+        "model_fallback",
+        "peers",
+        "etcd_endpoints",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
