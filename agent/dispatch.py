@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from agent.admission import Admission, InstanceGate
 from agent.errors import SiteError
 from agent.router import Plan, PlanRequest, Tier, plan
+from agent.scopes import Principal
 from agent.upstream import (
     UpstreamConnectError,
     UpstreamError,
@@ -35,7 +36,7 @@ from agent.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from agent.view import ServiceView, View
+from agent.view import PeerChoice, ServiceView, View
 from tools.cache_manager import CacheManager
 from tools.metrics_monitor import RequestLog
 from tools.runtimes.base import Runtime
@@ -58,6 +59,10 @@ class ClientCall:
     arrived: float | None = None
     """When the request reached the site (`time.perf_counter()`); its budget runs from here.
     None: from when the dispatcher sees it."""
+    caller: Principal | None = None
+    """Who asks (travels with a request forwarded to a peer, so its scopes and tenant hold there)."""
+    forwarded: bool = False
+    """A peer forwarded this request here: it is served here or refused, never forwarded again."""
 
 
 @dataclass(slots=True)
@@ -72,6 +77,8 @@ class Outcome:
     cached: bool = False
     error: SiteError | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    site: str | None = None
+    """The site that served it when not this one (a peer)."""
 
     @classmethod
     def failed(cls, error: SiteError, service: str, tier: Tier = "reject", target: str = "") -> Outcome:
@@ -88,6 +95,15 @@ SUSPECT_SLOWDOWN = 8.0
 """A call that timed out after waiting at least this many times the service's usual upstream time
 (and at least `SUSPECT_MIN_WAIT_MS`) counts against its instance."""
 TYPICAL_EWMA_ALPHA = 0.1
+
+class Forwarder(Protocol):
+    """Sends a request to a peer site and turns its answer into this site's `Outcome`
+    (`agent.forwarding.PeerForwarder`)."""
+
+    async def forward(self, call: ClientCall, peer: PeerChoice, deadline: float) -> Outcome:
+        """The peer's answer, or a 502/504 when it fails or runs past `deadline`."""
+        ...
+
 
 UNKNOWN_SERVICE = "(unknown)"
 """The name requests for services the site does not know are counted under (bounds label sets)."""
@@ -173,6 +189,7 @@ class Dispatcher:
         upstream: UpstreamPool,
         admission: Admission,
         upstream_timeout_s: float = 5.0,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self._view_for = view_for
         self.cache = cache
@@ -182,6 +199,8 @@ class Dispatcher:
         self.admission = admission
         self.upstream_timeout_s = upstream_timeout_s
         """Hard limit of one exchange, whoever still waits for it (a hung instance's calls end)."""
+        self.forwarder = forwarder
+        """How requests reach peer sites; None: a site on its own."""
         self._shared: dict[tuple[str, str, str], _SharedCall] = {}
         self._typical_ms: dict[str, float] = {}
         self.late = 0
@@ -244,6 +263,7 @@ class Dispatcher:
             cached=cached is not None,
             affinity=None if affinity is None else str(affinity),
             budget_ms=(deadline - after_cache) * 1000,
+            forwarded=call.forwarded,
         )
         decision = plan(request, view)
         after_plan = time.perf_counter()
@@ -258,6 +278,10 @@ class Dispatcher:
                 outcome = await self._call_once_per_key(job, cache_key)
             else:
                 outcome = await self._call_instance(job)
+        elif decision.tier == "peer" and decision.peer is not None and self.forwarder is not None:
+            sent = time.perf_counter()
+            outcome = await self.forwarder.forward(call, decision.peer, deadline)
+            timings["peer"] = _ms(sent, time.perf_counter())
         else:
             outcome = self._reject(service.name, decision)
         return self._finish(arrived, deadline, timings, outcome, cacheable=cache_key is not None)

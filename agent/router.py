@@ -4,8 +4,12 @@ No I/O, no clocks, no randomness: the same request against the same view gives t
 in microseconds. Order of preference: a cache hit; a local instance that has room and is
 predicted to answer within what is left of the request's budget (a GPU-capable one for GPU
 services while the GPU is under its busy threshold; the instance a request's affinity key hashes
-to; else the one predicted to answer first); otherwise a reject with 503 and `Retry-After`, at
-once, before anything is queued or sent. Peers and the cloud join this list in later tiers.
+to; else the one predicted to answer first); then a peer site the swarm's balancer picks (its
+load table says it has room and is predicted to answer in time, RTT included; a request that a
+peer forwarded here is never forwarded again); otherwise a reject with 503 and `Retry-After`, at
+once, before anything is queued or sent. The cloud joins this list in a later tier.
+
+The balancer is part of the view (`View.choose_peer`): it reads the load table as of that view.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.view import IDLE, View
+from agent.view import IDLE, PeerChoice, View
 from tools.runtimes.base import Instance
 
 Tier = Literal["cache", "local", "peer", "cloud", "llm", "reject"]
@@ -34,6 +38,8 @@ class PlanRequest:
     exclude: frozenset[str] = field(default_factory=frozenset)
     budget_ms: float = math.inf
     """What is left of the request's latency budget when it is planned."""
+    forwarded: bool = False
+    """The request came from a peer: it is served here or refused, never forwarded again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +49,14 @@ class Plan:
     status: int = 200
     retry_after_s: int | None = None
     reason: str = ""
+    peer: PeerChoice | None = None
 
     @property
     def target(self) -> str:
         if self.tier == "cache":
             return "cache"
+        if self.peer is not None:
+            return self.peer.site_id
         return self.instance.id if self.instance is not None else ""
 
 
@@ -79,14 +88,14 @@ def plan(request: PlanRequest, view: View) -> Plan:
             predicted[inst.id] = load.predicted_ms
     if not predicted:
         why = "every local instance is at capacity" if ready else "no ready local instance"
-        return _no_capacity(view, f"{why} of {service.name} and no peer or cloud is configured")
+        return _elsewhere(request, view, f"{why} of {service.name}")
     open_ = [inst for inst in ready if inst.id in predicted and predicted[inst.id] <= request.budget_ms]
     if not open_:
-        return _no_capacity(
+        return _elsewhere(
+            request,
             view,
             f"no local instance of {service.name} can answer within the {request.budget_ms:.0f} ms left "
-            f"of its budget (soonest predicted: {min(predicted.values()):.0f} ms) and no peer or cloud "
-            "is configured",
+            f"of its budget (soonest predicted: {min(predicted.values()):.0f} ms)",
         )
 
     if service.gpu:
@@ -103,6 +112,18 @@ def plan(request: PlanRequest, view: View) -> Plan:
 
     chosen = min(open_, key=lambda inst: (predicted[inst.id], inst.id))
     return Plan(tier="local", instance=chosen, reason="soonest predicted answer")
+
+
+def _elsewhere(request: PlanRequest, view: View, why: str) -> Plan:
+    """No local instance will do: a peer that can answer in time, else a 503 at once."""
+    if request.forwarded:
+        return _no_capacity(view, f"{why}, and a request a peer forwarded is not forwarded again")
+    if view.choose_peer is None:
+        return _no_capacity(view, f"{why} and no peer or cloud is configured")
+    choice = view.choose_peer(request.service, request.budget_ms)
+    if choice is None:
+        return _no_capacity(view, f"{why} and no peer can answer within the budget")
+    return Plan(tier="peer", peer=choice, reason=f"{why}; {choice.reason or 'a peer has room'}")
 
 
 def _no_capacity(view: View, reason: str) -> Plan:

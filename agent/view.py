@@ -71,6 +71,26 @@ IDLE = LoadFigures()
 
 
 @dataclass(frozen=True, slots=True)
+class PeerChoice:
+    """A peer site picked to serve a request this site cannot serve within its budget."""
+
+    site_id: str
+    host: str
+    port: int
+    predicted_ms: float
+    """When the peer is expected to answer, RTT included, in ms from now."""
+    reason: str = ""
+
+
+class PeerChooser(Protocol):
+    """The swarm's balancer over the load table as of one view (`swarm.balancer`)."""
+
+    def __call__(self, service: str, budget_ms: float) -> PeerChoice | None:
+        """A peer with a ready instance of `service` predicted to answer within `budget_ms`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class View:
     """One consistent read of the site: services, ready instances, their load, GPU pressure.
 
@@ -84,3 +104,5 @@ class View:
     loads: Mapping[str, InstanceLoad]
     gpu_busy: bool
     retry_after_s: int
+    choose_peer: PeerChooser | None = None
+    """Where a request goes that no local instance can serve in time; None: a site on its own."""

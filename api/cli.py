@@ -58,6 +58,20 @@ def _parser() -> argparse.ArgumentParser:
         const=True,
         help="serve even when a service has no ready instance (env MEC_ALLOW_DEGRADED)",
     )
+    serve.add_argument("--site-id", help="this site's id in the swarm (env MEC_SITE_ID)")
+    serve.add_argument(
+        "--peers",
+        help="the other sites of the swarm, ID=URL,... (env MEC_PEERS); needs MEC_PEER_SECRET",
+    )
+    serve.add_argument(
+        "--consensus", choices=["embedded", "etcd"], help="the swarm's consensus (env MEC_CONSENSUS)"
+    )
+    serve.add_argument("--raft-port", type=int, help="the embedded Raft's port (default: API port + 1000)")
+    up = sub.add_parser("up", help="run a swarm of sites on this machine, one process each")
+    up.add_argument("--sites", type=_positive, default=3, help="how many sites (default 3)")
+    up.add_argument("--base-port", type=int, default=8080, help="site i serves on base-port + i - 1")
+    up.add_argument("--consensus", choices=["embedded", "etcd"], default="embedded")
+    up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     chat = sub.add_parser("chat", help="talk to a running site's operator agent")
     chat.add_argument(
         "message", nargs="*", help="one message to send; without it, read lines from the terminal"
@@ -150,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                 port=args.port,
                 allow_degraded=args.allow_degraded,
                 workers=args.workers,
+                site_id=args.site_id,
+                peers=args.peers,
+                consensus=args.consensus,
+                raft_port=args.raft_port,
             )
         except (ValidationError, ValueError) as exc:
             print(f"mec: invalid settings: {exc}", file=sys.stderr)
@@ -164,6 +182,15 @@ def main(argv: list[str] | None = None) -> int:
             return run_event_loop(main_task)
         except KeyboardInterrupt:
             return 130
+    if args.command == "up":
+        from api.up import run_swarm
+
+        try:
+            parent = load_settings(None).data_dir
+        except (ValidationError, ValueError) as exc:
+            print(f"mec: invalid settings: {exc}", file=sys.stderr)
+            return 2
+        return run_swarm(args.sites, args.base_port, args.consensus, parent)
     if args.command == "chat":
         return _chat(args)
     if args.command == "images":

@@ -348,6 +348,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _swarm_needs_secret_and_port(self) -> Settings:
+        if self.peers and not self.peer_secret:
+            raise ValueError("peers need a shared peer_secret (MEC_PEER_SECRET, at least 16 characters)")
+        if self.peers and self.port == 0:
+            raise ValueError("a site with peers needs a fixed port (its peers are told it)")
+        return self
+
+    @property
+    def raft_address(self) -> str:
+        """Where this site's embedded Raft listens (`raft_host:raft_port`, default port + 1000)."""
+        return f"{self.raft_host}:{self.raft_port or self.port + 1000}"
+
+    @model_validator(mode="after")
     def _allow_service_images(self) -> Settings:
         for service in self.services.values():
             if service.image not in self.image_allowlist:

@@ -60,7 +60,7 @@ def render_outcome(
         (b"server-timing", ", ".join(f"{stage};dur={ms}" for stage, ms in timings.items()).encode()),
         (b"x-request-id", request_id.encode()),
     ]
-    route = _route_json(outcome.tier, site_id, outcome.target)
+    route = _route_json(outcome.tier, outcome.site or site_id, outcome.target)
     if outcome.error is not None or outcome.result_json is None:
         error = outcome.error
         body = error.body() if error else error_body("failed", "no result")
@@ -112,6 +112,7 @@ def client_call(body: ServiceRequest, principal: Principal, clock: RequestClock 
         cache_ttl_s=body.cache_ttl_s,
         tenant=principal.tenant,
         arrived=None if clock is None else clock.arrived,
+        caller=principal,
     )
 
 
