@@ -34,7 +34,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from fastapi import Request
 
@@ -224,6 +224,21 @@ class PeerCall:
     caller: Caller | None = None
 
 
+class NonceStore(Protocol):
+    """Where a site remembers the nonces it accepted. `NonceMemory` is one process's; a site whose
+    peer routes run in several processes needs one store they share (e.g. Redis `SET NX EX`), or
+    a request replayed to another process would be accepted there."""
+
+    @property
+    def floor(self) -> int:
+        """Requests signed at or before this unix second are refused (-1: none)."""
+        ...
+
+    def remember(self, sender: str, nonce: str, signed_at: int, now: float) -> bool:
+        """Remember a nonce at once, atomically; False if it was remembered already."""
+        ...
+
+
 class NonceMemory:
     """The nonces of the requests accepted lately, so that each is accepted once.
 
@@ -251,6 +266,13 @@ class NonceMemory:
     def seen(self, sender: str, nonce: str) -> bool:
         """Whether a request with this sender and nonce was accepted and is still remembered."""
         return (sender, nonce) in self._signed
+
+    def remember(self, sender: str, nonce: str, signed_at: int, now: float) -> bool:
+        """`add` unless `seen`: False for a nonce remembered already."""
+        if self.seen(sender, nonce):
+            return False
+        self.add(sender, nonce, signed_at, now)
+        return True
 
     def add(self, sender: str, nonce: str, signed_at: int, now: float) -> None:
         """Remember a nonce of a request signed at `signed_at`; forget the ones past the window
@@ -313,8 +335,9 @@ class PeerSigner:
     """Signs this site's peer requests and verifies the ones sent to it (HMAC-SHA256, shared secret).
 
     `peers`, when given, are the only senders accepted (401 `unknown_peer` for others); the site
-    itself never is. `verify` is for one event loop or thread at a time (the nonce memory is not
-    locked).
+    itself never is. `nonces` is where accepted nonces are remembered: by default a
+    `NonceMemory` of this process, which makes replay protection hold per process only (see
+    `NonceStore`). `verify` is for one event loop or thread at a time (the memory is not locked).
     """
 
     def __init__(
@@ -325,6 +348,7 @@ class PeerSigner:
         *,
         skew_s: int = SKEW_S,
         max_nonces: int = MAX_NONCES,
+        nonces: NonceStore | None = None,
     ) -> None:
         if not SITE_ID.fullmatch(site_id):
             raise ValueError(f"not a site id: {site_id!r}")
@@ -336,7 +360,7 @@ class PeerSigner:
         self._key = hashlib.sha256(b"mec-peer-key\x00" + secret.encode()).digest()
         self.peers = frozenset(peers) if peers is not None else None
         self.skew_s = skew_s
-        self.nonces = NonceMemory(skew_s, max_nonces)
+        self.nonces: NonceStore = nonces if nonces is not None else NonceMemory(skew_s, max_nonces)
 
     def _mac(self, *lines: str) -> str:
         return hmac.new(self._key, "\n".join(lines).encode(), hashlib.sha256).hexdigest()
@@ -432,11 +456,10 @@ class PeerSigner:
             raise _invalid(f"the request is signed for {to}, not for {self.site_id}")
         if sender == self.site_id or (self.peers is not None and sender not in self.peers):
             raise SiteError(401, "unknown_peer", f"{sender} is not a peer of {self.site_id}", "x-mec-peer")
-        if self.nonces.seen(sender, nonce):
+        if not self.nonces.remember(sender, nonce, signed, now):
             raise SiteError(
                 401, "replayed_peer_request", "this request was accepted once already", "x-mec-peer-nonce"
             )
-        self.nonces.add(sender, nonce, signed, now)
         return PeerCall(sender, nonce, caller)
 
     # The body of an answer.

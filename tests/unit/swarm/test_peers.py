@@ -392,3 +392,17 @@ async def test_the_dependency_refuses_bearer_keys_unsigned_requests_and_a_site_w
     app.state.peer_signer = None
     off = await client.post("/v1/peer/load", content=BODY, headers=headers)
     assert off.status_code == 404 and off.json()["error"]["code"] == "no_peers"
+
+
+def test_a_shared_nonce_store_refuses_a_request_replayed_to_another_process() -> None:
+    """Two signers (two worker processes of one site) sharing one store: a nonce is spent once."""
+    shared = NonceMemory()
+    first = PeerSigner("site-2", SECRET, nonces=shared)
+    second = PeerSigner("site-2", SECRET, nonces=shared)
+    headers = PeerSigner("site-1", SECRET).sign("POST", "/p", BODY, NOW, to="site-2")
+    assert first.verify("POST", "/p", BODY, headers, NOW) == "site-1"
+    with pytest.raises(SiteError) as excinfo:
+        second.verify("POST", "/p", BODY, headers, NOW)
+    assert refusal(excinfo) == (401, "replayed_peer_request")
+    alone = PeerSigner("site-2", SECRET)  # the default: this process's own memory
+    assert alone.verify("POST", "/p", BODY, headers, NOW) == "site-1"
