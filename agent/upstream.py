@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -104,6 +105,32 @@ def _head_prefix(authority: bytes, path: str, content_type: bytes) -> bytes:
         authority,
         content_type,
     )
+
+
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+"""The bytes of an HTTP header name (RFC 9110 `tchar`)."""
+_OWN_HEADERS = frozenset({"host", "content-type", "content-length", "transfer-encoding", "connection"})
+"""Headers the pool writes or relies on itself: a caller's `headers` may not name them."""
+_CONTENT_LENGTH = b"Content-Length: "
+
+
+def _with_headers(prefix: bytes, headers: Mapping[str, str]) -> bytes:
+    """`prefix` (from `_head_prefix`) with `headers` inserted before its Content-Length (validated).
+
+    Names must be HTTP tokens other than the pool's own headers; values printable ASCII (no CR,
+    LF or NUL), so nothing a caller passes can split the request.
+    """
+    extra = []
+    for name, value in headers.items():
+        raw_name = name.encode("ascii", "replace")
+        if not raw_name or not all(c in _TOKEN for c in raw_name):
+            raise ValueError(f"not a header name: {name!r}")
+        if name.lower() in _OWN_HEADERS:
+            raise ValueError(f"the pool writes the {name!r} header itself")
+        if not value.isascii() or not value.isprintable():
+            raise ValueError(f"not a header value for {name}: {value!r}")
+        extra.append(b"%b: %b\r\n" % (raw_name, value.strip().encode("ascii")))
+    return prefix[: -len(_CONTENT_LENGTH)] + b"".join(extra) + _CONTENT_LENGTH
 
 
 class _Host:
@@ -492,12 +519,15 @@ class UpstreamPool:
         body: bytes,
         timeout_s: float,
         content_type: bytes = b"application/json",
+        headers: Mapping[str, str] | None = None,
     ) -> asyncio.Future[UpstreamResponse]:
         """Start one POST now and return a future for its response (or an UpstreamError).
 
         The future resolves whether or not anyone still waits for it; cancelling it aborts the
-        exchange. Raises ValueError (at once) for a path or content type that cannot go on the
-        wire, and RuntimeError outside the loop the pool first ran on.
+        exchange. `headers` are sent as well (e.g. a peer request's signature); they may not name
+        Host, Content-Type, Content-Length, Transfer-Encoding or Connection. Raises ValueError (at
+        once) for a path, content type or header that cannot go on the wire, and RuntimeError
+        outside the loop the pool first ran on.
         """
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
@@ -507,7 +537,10 @@ class UpstreamPool:
         h = self._hosts.get((host, port))
         if h is None:
             h = _Host(host, port)  # in the map once it has a connection (`_open`)
-        ex._data = b"%b%d\r\n\r\n%b" % (_head_prefix(h.authority, path, content_type), len(body), body)
+        prefix = _head_prefix(h.authority, path, content_type)
+        if headers:
+            prefix = _with_headers(prefix, headers)
+        ex._data = b"%b%d\r\n\r\n%b" % (prefix, len(body), body)
         ex._pool = self
         ex._host = h
         ex._conn = None
@@ -550,9 +583,10 @@ class UpstreamPool:
         body: bytes,
         timeout_s: float,
         content_type: bytes = b"application/json",
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         """`await request(...)`: the response, or an `UpstreamError`."""
-        return await self.request(host, port, path, body, timeout_s, content_type)
+        return await self.request(host, port, path, body, timeout_s, content_type, headers)
 
     def stats(self) -> dict[str, int]:
         """Plain counters: `open` and `idle` connections now, the rest since the start."""
