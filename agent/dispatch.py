@@ -96,6 +96,7 @@ SUSPECT_SLOWDOWN = 8.0
 (and at least `SUSPECT_MIN_WAIT_MS`) counts against its instance."""
 TYPICAL_EWMA_ALPHA = 0.1
 
+
 class Forwarder(Protocol):
     """Sends a request to a peer site and turns its answer into this site's `Outcome`
     (`agent.forwarding.PeerForwarder`)."""

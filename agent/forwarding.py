@@ -16,7 +16,8 @@ import json
 import math
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from agent.dispatch import ClientCall, Outcome
 from agent.errors import SiteError
@@ -44,13 +45,30 @@ def peer_request_body(call: ClientCall, budget_ms: int) -> bytes:
     return b"".join((prefix, b',"payload":', call.payload_json, b"}"))
 
 
-class PeerForwarder:
-    """Sends requests to peers over the site's upstream pool, signed; counts what is in flight."""
+class InFlight(Protocol):
+    """One forward counted by the load table until it ends (`swarm.load_table.Forward`)."""
 
-    def __init__(self, site_id: str, signer: PeerSigner, pool: UpstreamPool) -> None:
+    def done(self) -> None: ...
+
+
+class PeerForwarder:
+    """Sends requests to peers over the site's upstream pool, signed; counts what is in flight.
+
+    `track(site_id, service)` is told of each forward as it starts (the load table counts it
+    until its `done()`, so the default balancer does not pile more onto that peer between two of
+    its reports)."""
+
+    def __init__(
+        self,
+        site_id: str,
+        signer: PeerSigner,
+        pool: UpstreamPool,
+        track: Callable[[str, str], InFlight] | None = None,
+    ) -> None:
         self.site_id = site_id
         self.signer = signer
         self.pool = pool
+        self.track = track
         self.inflight: Counter[str] = Counter()
         """Requests this site has in flight to each peer (the default balancer reads it)."""
         self.sent: Counter[str] = Counter()
@@ -69,11 +87,14 @@ class PeerForwarder:
             else encode_caller(call.tenant, frozenset({"client"}), "")
         )
         headers = {
-            **self.signer.sign("POST", PEER_REQUESTS_PATH, body, time.time(), caller=caller_header),
+            **self.signer.sign(
+                "POST", PEER_REQUESTS_PATH, body, time.time(), to=peer.site_id, caller=caller_header
+            ),
             HOP_HEADER: self.site_id,
         }
         self.inflight[peer.site_id] += 1
         self.sent[peer.site_id] += 1
+        counted = self.track(peer.site_id, call.service) if self.track is not None else None
         try:
             exchange = self.pool.request(
                 peer.host, peer.port, PEER_REQUESTS_PATH, body, left_s, headers=headers
@@ -91,6 +112,8 @@ class PeerForwarder:
             return Outcome.failed(error, call.service, "peer", peer.site_id)
         finally:
             self.inflight[peer.site_id] -= 1
+            if counted is not None:
+                counted.done()
         return _outcome(call.service, peer.site_id, response.status, response.body)
 
 

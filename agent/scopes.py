@@ -25,6 +25,9 @@ ACTION_SCOPES: Mapping[str, Scope] = {
     "container_ops": "operator",
     "cache_manager": "operator",
     "site.health_detail": "operator",
+    # The swarm: its view and its changes are the operators' (as the swarm_ops tool is).
+    "sites.list": "operator",
+    "services.scale": "operator",
 }
 """The scope of each action. A tool's entry covers all of its actions (reads included): every
 one of them returns operator data (host figures, instance logs, cache contents)."""

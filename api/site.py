@@ -21,6 +21,7 @@ from agent.upstream import UpstreamPool
 from agent.view import ServiceView, View
 from api.auth import KeyRing, generate_key
 from api.door import FrontDoor
+from api.swarm_node import SwarmNode
 from config.settings import Settings
 from monitoring.sampler import Sampler
 from prompts import load_prompt
@@ -192,6 +193,8 @@ class Site:
     worker_index: int = 0
     """Which front-door process of the site this is (`mec serve --workers N`), and of how many."""
     worker_count: int = 1
+    swarm: SwarmNode | None = None
+    """This site's part of the swarm (with `peers` configured); None: a site on its own."""
 
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(
@@ -202,6 +205,7 @@ class Site:
             self.upstream,
             self.admission,
             upstream_timeout_s=self.settings.upstream_timeout_s,
+            forwarder=None if self.swarm is None else self.swarm.forwarder,
         )
         self.door = FrontDoor(
             self.admission.lag,
@@ -278,6 +282,12 @@ class Site:
             AdmissionSettings.of(settings),
         )
         services = {name: ServiceView.of(name, svc) for name, svc in settings.services.items()}
+        upstream = UpstreamPool()
+        swarm = (
+            SwarmNode(settings, runtime, upstream, admission, monitor, gpus=len(gpu.sample()))
+            if settings.peers
+            else None
+        )
         return cls(
             settings=settings,
             keys=keys,
@@ -286,9 +296,10 @@ class Site:
             cache=cache,
             monitor=monitor,
             sampler=Sampler(monitor, settings.sample_interval_s),
-            upstream=UpstreamPool(),
+            upstream=upstream,
             admission=admission,
             services=services,
+            swarm=swarm,
         )
 
     def view_for(self, service: str) -> View:
@@ -302,6 +313,7 @@ class Site:
             loads=self.admission.loads(ready),
             gpu_busy=gpu_util is not None and gpu_util >= self.settings.gpu_busy_pct,
             retry_after_s=self.settings.retry_after_s,
+            choose_peer=None if self.swarm is None else self.swarm.choose,
         )
 
     async def start(self) -> None:
@@ -328,6 +340,8 @@ class Site:
         await self.cache.open()
         await self.sampler.start()
         self.admission.lag.start()
+        if self.swarm is not None:
+            await self.swarm.start()
         self.started = True
 
     def unready_services(self) -> list[str]:
@@ -340,6 +354,8 @@ class Site:
         if self.stopped:
             return
         self.stopped, self.started = True, False
+        if self.swarm is not None:
+            await self.swarm.stop()
         await self.sampler.stop()
         await self.admission.lag.stop()
         try:

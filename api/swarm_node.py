@@ -1,0 +1,219 @@
+"""This site's part of the swarm, wired from its settings: consensus, replicated state, the
+coordinator, the reconciler, the load table and its gossip, the balancer and the forwarder.
+
+Consensus carries the control plane only (membership, placement, cloud-fallback mode); the
+fast path reads the load table, never the log. A site joins by proposing `JoinSite` once there
+is a leader (retried with the same id until it commits), and from then on reconciles its own
+instances to the committed placement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from typing import Any
+
+from agent.admission import Admission
+from agent.forwarding import PeerForwarder
+from agent.upstream import UpstreamPool
+from agent.view import PeerChoice
+from config.settings import Settings
+from swarm.balancer import RoundRobinState, choose_peer
+from swarm.commands import JoinSite
+from swarm.consensus.base import Consensus, ConsensusError
+from swarm.coordinator import Coordinator
+from swarm.gossip import Gossip
+from swarm.load_table import LoadTable, ServiceLoad, SiteLoad
+from swarm.peers import PeerAddress, PeerSigner, parse_peers
+from swarm.reconcile import Reconciler
+from swarm.state import SwarmState
+from tools.metrics_monitor import MetricsMonitor
+from tools.runtimes.base import Runtime
+
+log = logging.getLogger(__name__)
+
+JOIN_RETRY_S = 0.5
+RECONCILE_INTERVAL_S = 2.0
+
+
+def build_consensus(settings: Settings, peers: dict[str, PeerAddress], state: SwarmState) -> Consensus:
+    """The configured backend: the embedded Raft (default) or an etcd cluster."""
+    if settings.consensus == "etcd":
+        from swarm.consensus.etcd import EtcdConsensus
+
+        if not settings.etcd_endpoints:
+            raise ValueError("consensus=etcd needs etcd_endpoints (MEC_ETCD_ENDPOINTS)")
+        return EtcdConsensus(settings.site_id, settings.etcd_endpoints, state.apply)
+    from swarm.consensus.embedded import EmbeddedConsensus
+
+    assert settings.peer_secret is not None  # Settings refuses peers without a secret
+    partners = {site_id: f"{addr.raft_host}:{addr.raft_port}" for site_id, addr in peers.items()}
+    return EmbeddedConsensus(
+        settings.site_id,
+        settings.raft_address,
+        partners,
+        settings.data_dir / "raft",
+        settings.peer_secret,
+        state.apply,
+    )
+
+
+class SwarmNode:
+    """Everything this site runs to be one of the swarm."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime,
+        upstream: UpstreamPool,
+        admission: Admission,
+        monitor: MetricsMonitor,
+        gpus: int = 0,
+    ) -> None:
+        assert settings.peer_secret is not None
+        self.settings = settings
+        self.site_id = settings.site_id
+        self.url = f"http://{settings.host}:{settings.port}"
+        self.runtime = runtime
+        self.admission = admission
+        self.monitor = monitor
+        self.gpus = gpus
+        self.peers = parse_peers(settings.peers, self_id=settings.site_id)
+        self.signer = PeerSigner(self.site_id, settings.peer_secret, peers=list(self.peers))
+        self.state = SwarmState()
+        self.consensus = build_consensus(settings, self.peers, self.state)
+        self.coordinator = Coordinator(self.site_id, self.consensus, self.state, settings.services)
+        self.reconciler = Reconciler(
+            self.site_id, runtime, self.state, settings.services, interval_s=RECONCILE_INTERVAL_S
+        )
+        self.table = LoadTable(self.site_id, self.peers, settings.load_stale_s)
+        self.gossip = Gossip(
+            self.site_id,
+            self.peers,
+            self.signer,
+            self.local_load,
+            self.table,
+            settings.gossip_interval_s,
+            upstream,
+        )
+        self.forwarder = PeerForwarder(self.site_id, self.signer, upstream, track=self.table.forward_started)
+        self._rng = random.Random()
+        self._rr = RoundRobinState()
+        self._join_task: asyncio.Task[None] | None = None
+        self.joined = False
+
+    def capabilities(self) -> dict[str, Any]:
+        """What this site can run, for the coordinator's placement."""
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        return {"gpus": self.gpus, "cpus": cpus, "services": sorted(self.settings.services)}
+
+    def local_load(self) -> SiteLoad:
+        """This site's load report for its peers: per service, ready instances and their gates."""
+        percentiles = {row.service: row.p99_ms for row in self.monitor.requests.summary()}
+        services = {}
+        for name in self.settings.services:
+            ready = self.runtime.ready_instances(name)
+            services[name] = ServiceLoad.of(ready, self.admission.loads(ready), percentiles.get(name))
+        snapshot = self.monitor.snapshot
+        host = snapshot.host
+        return SiteLoad(
+            site_id=self.site_id,
+            url=self.url,
+            sent_at=time.time(),
+            services=services,
+            cpu_percent=min(100.0, max(0.0, host.cpu_percent)) if host is not None else 0.0,
+            gpu_util=snapshot.gpu_max_utilization,
+        )
+
+    def choose(self, service: str, budget_ms: float) -> PeerChoice | None:
+        """The balancer over the fresh part of the load table (the router's `View.choose_peer`)."""
+        entries = self.table.fresh()
+        if not entries:
+            return None
+        choice = choose_peer(service, budget_ms, entries, self.settings.balancer, self._rng, self._rr)
+        if choice is None:
+            return None
+        address = self.peers[choice.site_id]
+        return PeerChoice(choice.site_id, address.host, address.port, choice.score_ms, choice.reason)
+
+    async def start(self) -> None:
+        await self.consensus.start()
+        await self.reconciler.start()
+        self.gossip.start()
+        self._join_task = asyncio.get_running_loop().create_task(self._join(), name="swarm-join")
+
+    async def _join(self) -> None:
+        """Propose this site's membership until it commits (the same id every try)."""
+        command = JoinSite(self.site_id, self.url, self.capabilities())
+        while True:
+            try:
+                await self.consensus.wait_leader(5.0)
+                await self.consensus.propose(command, 5.0)
+                self.joined = True
+                return
+            except ConsensusError as exc:
+                log.info("joining the swarm: %s; retrying", exc)
+                await asyncio.sleep(JOIN_RETRY_S)
+
+    async def stop(self) -> None:
+        if self._join_task is not None:
+            self._join_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._join_task
+        await self.gossip.stop()
+        await self.reconciler.stop()
+        await self.consensus.stop()
+
+    def leader_url(self) -> str | None:
+        leader = self.consensus.leader()
+        if leader is None:
+            return None
+        if leader == self.site_id:
+            return self.url
+        address = self.peers.get(leader)
+        return address.url if address is not None else None
+
+    def report(self) -> dict[str, Any]:
+        """`GET /v1/sites`: the leader, the term, every site with its health and load, placements."""
+        status = self.consensus.status()
+        fresh = {entry.site_id: entry for entry in self.table.fresh()}
+        members = self.state.members
+        sites: list[dict[str, Any]] = [
+            {
+                "site_id": self.site_id,
+                "url": self.url,
+                "healthy": True,
+                "member": self.site_id in members,
+                "load": self.local_load().model_dump(mode="json"),
+            }
+        ]
+        for site_id, address in self.peers.items():
+            entry = fresh.get(site_id)
+            sites.append(
+                {
+                    "site_id": site_id,
+                    "url": address.url,
+                    "healthy": entry is not None,
+                    "member": site_id in members,
+                    "rtt_ms": None if entry is None else entry.rtt_ms,
+                    "load": None if entry is None else entry.load.model_dump(mode="json"),
+                }
+            )
+        return {
+            "site": self.site_id,
+            "leader": status.leader,
+            "term": status.term,
+            "commit_index": status.commit_index,
+            "applied_index": self.state.applied_index,
+            "consensus": {"backend": self.settings.consensus, "healthy": status.healthy},
+            "sites": sites,
+            "placements": self.state.placements,
+            "cloud_fallback": sorted(self.state.cloud_fallback),
+        }
