@@ -758,12 +758,13 @@ RULES: tuple[IntentRule, ...] = (
         _swarm_change,
         changes_site=True,
     ),
-    IntentRule("swarm", _SWARM_CONTEXT, _swarm_read),
     IntentRule(
         "cache",
         r"\b(caches?|cached|namespaces?|key|entry|entries|flush\w*|evictions?|redis)\b|\bhit (ratio|rate)\b",
         _cache,
     ),
+    # After the cache: a value or key that looks like a site id ("set key k to site-2 …") is the cache's.
+    IntentRule("swarm", _SWARM_CONTEXT, _swarm_read),
     IntentRule(
         "scale",
         rf"\b(scale[sd]?|scaling|replicas?|resize|bump)\b|"

@@ -135,6 +135,11 @@ LOCAL: list[tuple[str, Calls]] = [
         "show latency across all services",
         [("metrics_monitor", {"section": "all"}), ("container_ops", {"action": "list"})],
     ),
+    # A cache key or value that reads like a site id is the cache's.
+    (
+        "set key k to site-2 in the sensor cache",
+        [("cache_manager", {"action": "set", "namespace": "sensor", "key": "k", "value": "site-2"})],
+    ),
 ]
 
 
