@@ -8,8 +8,8 @@ normalised input. Then:
   same data (a client key reads no metrics, logs or cache entries through chat);
 * each call is classified `read`, `mutate` or `destructive`; changes stay under a per-key rate
   (kept across sessions, so a new or restored session does not reset it); destructive ones (stop,
-  scale to 0, flush) also need the caller's explicit `confirm`; starts must name an allowlisted
-  service and image.
+  scale to 0 on this site or across the swarm, flush) also need the caller's explicit `confirm`;
+  starts must name an allowlisted service and image.
 
 A refused call never reaches the tool: the model receives an error tool result carrying the
 reason, and the refusal is logged.
@@ -37,6 +37,12 @@ from tools.container_ops import (
     CONTAINER_SERVICE_ACTIONS,
 )
 from tools.metrics_monitor import METRICS_MONITOR_READS_ONLY
+from tools.swarm_ops import (
+    SWARM_DESTRUCTIVE,
+    SWARM_DESTRUCTIVE_AT_ZERO_REPLICAS,
+    SWARM_MUTATIONS,
+    SWARM_READS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,12 @@ TOOL_EFFECTS: Mapping[str, ToolEffects] = {
         destructive_at_zero_replicas=CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS,
     ),
     "cache_manager": ToolEffects(reads=CACHE_READS, mutations=CACHE_MUTATIONS, destructive=CACHE_DESTRUCTIVE),
+    "swarm_ops": ToolEffects(
+        reads=SWARM_READS,
+        mutations=SWARM_MUTATIONS,
+        destructive=SWARM_DESTRUCTIVE,
+        destructive_at_zero_replicas=SWARM_DESTRUCTIVE_AT_ZERO_REPLICAS,
+    ),
 }
 """The effects of each tool's actions, by tool name; each tool's module is the one definition."""
 

@@ -24,13 +24,21 @@ ACTION_SCOPES: Mapping[str, Scope] = {
     "metrics_monitor": "operator",
     "container_ops": "operator",
     "cache_manager": "operator",
+    "swarm_ops": "operator",
     "site.health_detail": "operator",
     # The swarm: its view and its changes are the operators' (as the swarm_ops tool is).
     "sites.list": "operator",
     "services.scale": "operator",
 }
 """The scope of each action. A tool's entry covers all of its actions (reads included): every
-one of them returns operator data (host figures, instance logs, cache contents)."""
+one of them returns operator data (host figures, instance logs, cache contents, the swarm's sites,
+placements and load)."""
+
+SAME_AS_TOOL: Mapping[str, str] = {
+    "sites.list": "swarm_ops",  # GET /v1/sites shows the swarm's sites, as swarm_ops "sites" does
+}
+"""REST actions with a name of their own that show a tool's data: each takes its tool's scope
+from the one entry above, so the route and the tool cannot drift apart."""
 
 UNKNOWN_ACTION_SCOPE: Scope = "operator"
 """Anything the table does not name needs the operator scope."""
@@ -38,7 +46,7 @@ UNKNOWN_ACTION_SCOPE: Scope = "operator"
 
 def scope_for(action: str) -> Scope:
     """The scope an action needs: a REST action (`services.list`) or a tool name (`container_ops`)."""
-    return ACTION_SCOPES.get(action, UNKNOWN_ACTION_SCOPE)
+    return ACTION_SCOPES.get(SAME_AS_TOOL.get(action, action), UNKNOWN_ACTION_SCOPE)
 
 
 def key_id(key: str) -> str:

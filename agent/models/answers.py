@@ -41,7 +41,9 @@ CAPABILITIES = (
     '("start another inference instance", "restart sensor", "take down game-state-1"); logs ("show logs '
     'of sensor", "tail 20 lines of sensor-1"); the cache ("cache stats", "flush the sensor cache", "get '
     'key K from the inference cache", "set key K to 42 in the sensor cache", "delete key K in namespace '
-    'N"); and several of these in one message ("CPU and GPU load?", "restart sensor-1 and show its logs").'
+    'N"); the swarm ("which site is the leader?", "list the sites", "where does inference run?", "swarm '
+    'load", "move inference to site-2", "scale inference to 4 across the swarm"); and several of these in '
+    'one message ("CPU and GPU load?", "restart sensor-1 and show its logs").'
 )
 
 NO_ALERTS = (
@@ -74,10 +76,40 @@ _CALL_PHRASES: Mapping[tuple[str, str], str] = {
 _OTHER_ACTION = {"container_ops": "{action} {target}", "cache_manager": "{action} the cache"}
 
 
+_SWARM_PHRASES: Mapping[str, str] = {
+    "sites": "list the swarm's sites",
+    "leader": "find the swarm's coordinator",
+    "placements": "read the swarm's placements",
+    "load": "read the swarm's load",
+    "scale": "scale {service} to {replicas} across the swarm",
+    "move": "move {service} to {site}",
+}
+"""What a `swarm_ops` call does, by action."""
+
+
+def _describe_swarm(args: Mapping[str, Any]) -> str:
+    action = str(args.get("action", ""))
+    service, site = args.get("service"), args.get("site")
+    if action == "placements" and (service or site):
+        where = f" on {site}" if site else " in the swarm"
+        return f"read where {service} runs{where}" if service else f"read what runs on {site}"
+    if action in ("sites", "load") and site:
+        return f"read the {'load' if action == 'load' else 'state'} of {site}"
+    template = _SWARM_PHRASES.get(action, "{action} in the swarm")
+    return template.format(
+        action=action,
+        service=service or "a service",
+        site=site or "a site",
+        replicas=_plural(_int(args.get("replicas")), "replica"),
+    )
+
+
 def describe(call: ToolCall) -> str:
     """What a call does, as a verb phrase: "restart sensor-1", "flush the sensor cache"."""
     args = call.input
     action = str(args.get("action", ""))
+    if call.name == "swarm_ops":
+        return _describe_swarm(args)
     if call.name == "metrics_monitor":
         return f"read the {args.get('section', 'all')} metrics"
     if call.name == "container_ops" and action == "list":
@@ -186,6 +218,12 @@ def _consequences(calls: Sequence[ToolCall], services: Sequence[str]) -> str:
             )
         elif call.name == "cache_manager" and action == "flush":
             phrases.append(f"flushes the {call.input.get('namespace')} cache")
+        elif call.name == "swarm_ops" and action == "scale":
+            replicas = _int(call.input.get("replicas"))
+            phrases.append(
+                f"scales {call.input.get('service')} to {_plural(replicas, 'replica')} across the swarm"
+                + (" (stops it on every site)" if replicas == 0 else "")
+            )
         else:
             phrases.append(f"would {describe(call)}")
     return _join(phrases)
@@ -590,6 +628,228 @@ def cache_report(request: Request, rounds: Rounds) -> str:
     if data.get("deleted"):
         return _sentences(f"Deleted {key} from the {ns} cache.")
     return _sentences(f"The {ns} cache had no key {key}; nothing was deleted.")
+
+
+# -- the swarm -------------------------------------------------------------------------------------
+
+_LOAD_LABELS: Mapping[str, str] = {
+    "cpu_percent": "CPU {pct}",
+    "memory_percent": "memory {pct}",
+    "gpu_percent": "GPU {pct}",
+    "gpu_utilization_percent": "GPU {pct}",
+    "utilization_percent": "{pct} busy",
+    "inflight": "{n} in flight",
+    "in_flight": "{n} in flight",
+    "queued": "{n} queued",
+    "queue_depth": "{n} queued",
+    "capacity": "capacity {n}",
+    "free_slots": "{n} free slots",
+    "rate_per_s": "{n}/s",
+    "requests_per_s": "{n} requests/s",
+    "p50_ms": "p50 {n} ms",
+    "p95_ms": "p95 {n} ms",
+    "p99_ms": "p99 {n} ms",
+    "age_s": "reported {n} s ago",
+}
+"""How a load figure of the gossiped table reads; a figure not named here reads "name value"."""
+
+_LOAD_SCORE = ("utilization_percent", "cpu_percent", "inflight", "in_flight", "queued", "queue_depth")
+"""The figures that rank sites from busiest to least loaded, the first one all healthy sites have."""
+
+
+def _load_figure(name: str, value: Any) -> str | None:
+    if value is None or value is False:
+        return None
+    words = name.replace("_", " ")
+    if value is True:
+        return words
+    if isinstance(value, int | float):
+        label = _LOAD_LABELS.get(name)
+        if label is not None:
+            return label.format(pct=_pct(value), n=fig(value))
+        return f"{words} {fig(value)}"
+    return f"{words} {value}"
+
+
+def load_phrase(load: Mapping[str, Any] | None) -> str:
+    """A site's load figures in words: "CPU 55.5%, 4 in flight"; "no load reported" without any."""
+    figures = [phrase for name, value in (load or {}).items() if (phrase := _load_figure(str(name), value))]
+    return ", ".join(figures) or "no load reported"
+
+
+def _site_phrase(row: Mapping[str, Any], leader: str | None) -> str:
+    state = "healthy" if row.get("healthy") else "unhealthy"
+    if row.get("site_id") == leader:
+        state += ", the coordinator"
+    return f"{row.get('site_id')} ({state}; {load_phrase(row.get('load'))})"
+
+
+def _site_rows(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [row for row in data.get("sites") or [] if isinstance(row, Mapping)]
+
+
+def _shown_of(data: Mapping[str, Any], shown: int, total: int, noun: str) -> str:
+    """ "Showing 64 of 100 sites." when the tool cut its list short."""
+    return f"Showing {shown} of {_plural(total, noun)}." if data.get("truncated") else ""
+
+
+def _ranking(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which healthy site is busiest and which least loaded, by the first figure they all report."""
+    healthy = [row for row in rows if row.get("healthy")]
+    if len(healthy) < 2:
+        return ""
+    for name in _LOAD_SCORE:
+        values = [(row.get("load") or {}).get(name) for row in healthy]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            ranked = sorted(zip(values, (str(row.get("site_id")) for row in healthy), strict=True))
+            (low, least), (high, busiest) = ranked[0], ranked[-1]
+            if low == high:
+                return f"The healthy sites are equally loaded ({_load_figure(name, low)})."
+            return f"Busiest: {busiest} ({_load_figure(name, high)}); least loaded: {least} ({_load_figure(name, low)})."
+    return ""
+
+
+def _sites_report(request: Request, data: Mapping[str, Any], with_ranking: bool) -> str:
+    rows = _site_rows(data)
+    leader = data.get("leader")
+    if request.site and rows:
+        row = rows[0]
+        state = "healthy" if row.get("healthy") else "unhealthy"
+        role = " and the swarm's coordinator" if row.get("site_id") == leader else ""
+        return _sentences(f"{row.get('site_id')} is {state}{role}: {load_phrase(row.get('load'))}.")
+    if not rows:
+        return "The swarm lists no sites."
+    count, healthy = _int(data.get("count", len(rows))), _int(data.get("healthy"))
+    head = (
+        f"Load across {_plural(count, 'site')} ({healthy} healthy): "
+        if with_ranking
+        else f"The swarm has {_plural(count, 'site')}, {healthy} healthy: "
+    )
+    coordinator = ""
+    if not leader:
+        coordinator = "No coordinator is elected right now."
+    elif not any(row.get("site_id") == leader for row in rows):
+        coordinator = f"{leader} is the coordinator."
+    return _sentences(
+        head + "; ".join(_site_phrase(row, leader) for row in rows) + ".",
+        _shown_of(data, len(rows), count, "site"),
+        coordinator,
+        _ranking(rows) if with_ranking else "",
+    )
+
+
+def _placement_phrase(placement: Mapping[str, int]) -> str:
+    """ "2 on site-1 and 1 on site-2"."""
+    return _join([f"{count} on {site}" for site, count in placement.items()])
+
+
+def _placements_report(request: Request, data: Mapping[str, Any]) -> str:
+    placements: Mapping[str, Mapping[str, int]] = data.get("placements") or {}
+    if request.service:
+        placement = dict(placements.get(request.service) or {})
+        total = sum(placement.values())
+        if request.site:
+            if not total:
+                return f"{request.service} has no replicas on {request.site}."
+            return f"{request.service} runs {_plural(total, 'replica')} on {request.site}."
+        if not total:
+            return f"{request.service} runs on no site of the swarm."
+        return f"{request.service} runs {_plural(total, 'replica')} in the swarm: {_placement_phrase(placement)}."
+    if request.site:
+        running = [(svc, sum(p.values())) for svc, p in placements.items() if sum(p.values())]
+        if not running:
+            return f"{request.site} runs no service replicas."
+        return (
+            f"{request.site} runs " + _join([f"{svc} ({_plural(n, 'replica')})" for svc, n in running]) + "."
+        )
+    if not placements:
+        return "The swarm has no placements yet."
+    phrases = [
+        f"{svc} {_plural(sum(p.values()), 'replica')} ({_placement_phrase(p)})" if p else f"{svc} on no site"
+        for svc, p in placements.items()
+    ]
+    return _sentences(
+        "Placements: " + "; ".join(phrases) + ".",
+        _shown_of(data, len(placements), _int(data.get("services")), "service"),
+    )
+
+
+def _committed(data: Mapping[str, Any]) -> str:
+    leader = data.get("leader")
+    return f"; committed by the coordinator {leader} in term {data.get('term')}" if leader else ""
+
+
+def _change_report(request: Request, data: Mapping[str, Any]) -> str:
+    service = data.get("service", request.service)
+    placement: Mapping[str, int] = data.get("placement") or {}
+    total = _int(data.get("replicas"))
+    if request.action == "move":
+        target = data.get("site", request.site)
+        if set(placement) == {target}:
+            where = f"{target} now runs all of it ({_plural(total, 'replica')})"
+        else:
+            where = (
+                f"it now runs {_plural(total, 'replica')}: {_placement_phrase(placement) or 'none placed'}"
+            )
+        return _sentences(f"Moved {service} to {target}: {where}{_committed(data)}.")
+    if not total:
+        return _sentences(
+            f"{service} is scaled to 0 across the swarm: no site runs it now{_committed(data)}."
+        )
+    return _sentences(
+        f"{service} now runs {_plural(total, 'replica')} across the swarm: "
+        f"{_placement_phrase(placement)}{_committed(data)}."
+    )
+
+
+def swarm_report(request: Request, rounds: Rounds) -> str:
+    """What the swarm_ops call returned: the coordinator, the sites, their load, the placements,
+    or the placement a scale or move committed."""
+    action = request.action or "sites"
+    data = latest_result(rounds, "swarm_ops", action)
+    if not isinstance(data, dict):
+        return ""
+    if action == "leader":
+        leader, term = data.get("leader"), data.get("term")
+        if not leader:
+            return (
+                f"The swarm has no coordinator right now (term {term}): an election is under way or there "
+                "is no quorum, so no placement can be changed until one is elected."
+            )
+        return f"{leader} is the swarm's coordinator (leader), term {term}."
+    if action in ("sites", "load"):
+        return _sites_report(request, data, with_ranking=action == "load")
+    if action == "placements":
+        return _placements_report(request, data)
+    return _change_report(request, data)
+
+
+def no_swarm_replicas_to_remove(service: str | None) -> str:
+    """The reply to a scale down of a service the swarm runs no replica of."""
+    return f"{service} runs no replicas in the swarm, so there is none to scale down."
+
+
+def swarm_scale_on_one_site(request: Request) -> str:
+    """The reply to a scale that names one site: the coordinator places a total, not a per-site count."""
+    service = request.service or "a service"
+    count = request.replicas if request.replicas is not None else "N"
+    return (
+        f"The swarm's coordinator decides which sites run {service}'s replicas, so I cannot set a count on "
+        f'{request.site} alone. Say "move {service} to {request.site}" to run all of it there, or "scale '
+        f'{service} to {count} across the swarm" to set its total.'
+    )
+
+
+def swarm_elsewhere(request: Request) -> str:
+    """The reply to a change (restart, stop, flush) or a local read (logs, cache, latency) asked
+    of other sites."""
+    where = request.site or "other sites"
+    return (
+        f"I operate and read only this site's own instances, logs, cache and GPU, so I cannot do that on "
+        f"{where}: ask {'that site' if request.site else 'each site'}'s own agent. Across the swarm I can show the sites, their load, the "
+        "coordinator and the placements, move a service to a site, or set its total replicas "
+        '("swarm load", "move inference to site-2", "scale inference to 4 across the swarm").'
+    )
 
 
 # -- the whole reply -------------------------------------------------------------------------------

@@ -20,10 +20,17 @@ clause without a service of its own that says "it"/"its"/"them" or lacks one it 
 previous clause's. The result is a `Request` with `intent="compound"` whose `parts` the rules
 model's steps run in the order asked. Small talk, off-topic requests and prompt-injection phrasing
 parse to None (the model then says it did not understand and calls nothing).
+
+Site ids of the swarm are read from the words ("site-2", "site 2", "site two" → "site-2"; a
+prefixed id such as "mec-site-2" whole) and masked as `_site_`, so "site 2" never reads as the
+number 2. A request names the swarm when it says so ("swarm", "sites", "across the cluster"),
+names a site, or asks about the coordinator or placements; only then is it a `swarm` request:
+"scale inference to 3" stays a change of this site's own instances.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +50,7 @@ IntentName = Literal[
     "gpu",
     "host",
     "status",
+    "swarm",
     "compound",
 ]
 
@@ -64,7 +72,8 @@ _NUMBER = r"(\d+|zero|one|two|three|four|five|six|seven|eight|nine|ten)"
 # Words the prefix rule never reads as a service, whatever the site's services are called.
 _VOCABULARY = frozenset(
     "status start state stop scale show list logs load memory latency cache cluster site service "
-    "services instance instances replicas restart stats gpus host help what where which when".split()
+    "services instance instances replicas restart stats gpus host help what where which when "
+    "swarm sites leader coordinator placement placements peers move term".split()
 )
 
 _QUESTION = re.compile(
@@ -91,6 +100,22 @@ _INJECTION = re.compile(
     r"preceding)\s+(instructions?|prompts?|rules|messages)\b|\bsystem\s+prompt\b|\byou\s+are\s+now\b|"
     r"\bjailbreak\b|\bdeveloper\s+mode\b"
 )
+
+# A site id: "site-2", "site 2", "site2", "site two", or with a prefix ("mec-site-2"). It is read
+# from text whose instance ids are already masked ("mec-site-1-sensor-1" is an instance).
+_SITE_ID = re.compile(
+    r"(?<![\w-])((?:[a-z0-9]+-)*site)[-_ ]?(\d+|zero|one|two|three|four|five|six|seven|eight|nine|ten)(?![\w-])"
+)
+
+
+def site_ids(masked: str) -> list[str]:
+    """The site ids written in (instance-masked, lower-cased) text, in order: "site 2" → "site-2"."""
+    ids = []
+    for match in _SITE_ID.finditer(masked):
+        number = match.group(2)
+        ids.append(f"{match.group(1)}-{number if number.isdigit() else NUMBER_WORDS[number]}")
+    return ids
+
 
 _SEPARATOR = re.compile(
     r"\s*(?:;|(?<!\d),|,(?!\d)|\band\s+then\b|\band\s+also\b|\band\b|\bthen\b|\balso\b|\bplus\b|&)\s*"
@@ -196,6 +221,7 @@ class Utterance:
     negated: bool
     direct_services: tuple[str, ...] = ()
     inherited: bool = False
+    sites: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, text: str, lexicon: Lexicon) -> Utterance:
@@ -207,15 +233,17 @@ class Utterance:
         for _, service in found:
             if service not in services:
                 services.append(service)
+        masked = lexicon.mask(low)
         return cls(
             raw=raw,
             low=low,
-            masked=lexicon.mask(low),
+            masked=_SITE_ID.sub(" _site_ ", masked),
             services=tuple(services),
             instances=tuple(instance for instance, _ in found),
             question=bool(_QUESTION.match(low) or _CONDITIONAL.search(low)),
             negated=bool(_NEGATION.search(low)),
             direct_services=tuple(direct),
+            sites=tuple(site_ids(masked)),
         )
 
     @property
@@ -239,7 +267,8 @@ class Request:
 
     `missing` names a required detail the text lacked ("a service", "a key"); the model then
     asks for it instead of calling anything. `services` lists every service a status, latency or
-    host question is about when it names more than one (`service` is the first). A compound
+    host question is about when it names more than one (`service` is the first). A swarm request
+    keeps its `swarm_ops` action in `action` and the site it names in `site`. A compound
     message is `intent="compound"` with its `parts` (never compound themselves) in the order asked.
     """
 
@@ -259,14 +288,18 @@ class Request:
     missing: str | None = None
     services: tuple[str, ...] = ()
     parts: tuple[Request, ...] = ()
+    site: str | None = None
 
     @property
     def changes_site(self) -> bool:
-        """Whether the request starts, stops, restarts, scales or writes to the cache."""
+        """Whether the request starts, stops, restarts, scales, writes to the cache or changes the
+        swarm's placements."""
         if self.intent == "compound":
             return any(part.changes_site for part in self.parts)
         if self.intent == "cache":
             return self.action in ("set", "delete", "flush")
+        if self.intent == "swarm":
+            return self.action in SWARM_CHANGES
         return self.intent in ("scale", "restart", "stop", "start")
 
     @property
@@ -515,6 +548,182 @@ def _several(u: Utterance) -> tuple[str, ...]:
     return u.services if len(u.services) > 1 else ()
 
 
+# -- the swarm ---------------------------------------------------------------------------------------
+
+SWARM_CHANGES = frozenset({"scale", "move"})
+"""The `swarm_ops` actions of a swarm request that change the swarm (the rest read it)."""
+
+_ACROSS = r"\bacross\s+(?:the\s+|all\s+(?:the\s+)?|every\s+|each\s+)?(?:cluster|peers|nodes|sites?|swarm)\b"
+_SWARM_WIDE = re.compile(rf"\bswarm\w*|\bsites\b|\bmulti-?site\b|{_ACROSS}")
+"""Words that put a change across the swarm rather than on this site."""
+_PER_SITE = re.compile(r"\b(?:per|each|every)\s+site\b")
+_SWARM_CONTEXT = (
+    rf"\bswarm\w*|\bsites\b|\bmulti-?site\b|{_ACROSS}|\b_site_\b|"
+    r"\b(?:which|what|each|every|other|all|per)\s+sites?\b|"
+    r"\bcoordinat\w*|\bleader\w*|\bleadership\b|\bplacements?\b|\bplaced\b|\bpeers\b|\braft\b|\bquorum\b|"
+    r"\bconsensus\b|\belect(ed|ion|ions)?\b|"
+    r"\bwhere\b.*\b(run|runs|running|placed|deployed|hosted|live|lives|located|replicas?|copies)\b|"
+    r"^\s*where\s+(is|are)\s+(the\s+)?_svc_\W*$"
+)
+"""What makes a request about the swarm: its words, a site id, the coordinator, placements."""
+
+_MOVE = re.compile(r"\b(move[sd]?|moving|migrat\w*|relocat\w*|transfer\w*|evacuat\w*|re-?home)\b")
+_MOVE_TO_A_SITE = re.compile(
+    r"\b(shift|put|place|pin|send)\b(?!.*\b(replicas?|instances?|copies)\b).*\b_site_\b"
+)
+_TOWARDS = re.compile(r"\b(to|onto|into|towards|on|over)\s+(the\s+)?(site\s+)?$")
+_AWAY = re.compile(r"\b(from|off|out\s+of|away\s+from)\s+(the\s+)?$")
+_SWARM_SCALE = re.compile(
+    rf"\b(scale[sd]?|scaling|replicas?|resize|bump|copies)\b|"
+    rf"\b(set|change|make|put|grow|shrink|increase|decrease|reduce)\b.*\b_svc_\b.*\bto\s+{_NUMBER}\b|"
+    rf"\b(grow|shrink)\s+(the\s+)?_svc_\b|\b(run|deploy|want|need|give)\b.*\b{_NUMBER}\s+_svc_"
+)
+_LOCAL_CHANGE = re.compile(
+    r"\b(re-?start\w*|reboot|bounce|stop|kill|shut\s*down|start|launch|spin\s+up|flush\w*|purge|wipe|"
+    r"clear|delete|remove|evict)\b"
+)
+_LEADER = re.compile(
+    r"\b(leader\w*|coordinat\w*|lead|leads|leading|in\s+charge|raft|consensus|term|elect\w*|quorum|"
+    r"primary|master)\b"
+)
+_PLACED = re.compile(r"\b(placements?|placed|placing|where|distribut\w*|spread|layout|allocat\w*)\b")
+_RUNS = re.compile(r"\b(run|runs|running|host|hosts|hosting|hosted|deployed|scheduled|serves?|serving)\b")
+_LOADED = re.compile(
+    r"\b(load\w*|busy|busier|busiest|idle\w*|utili[sz]\w*|cpus?|pressure|capacity|headroom|hot\w*|"
+    r"overload\w*|least|saturat\w*|in\s*flight|queue\w*|free|memory|mem|ram|disk)\b"
+)
+_LOCAL_READ = re.compile(
+    r"\b(logs?|logging|tail|output|caches?|cached|namespaces?|key|entry|entries|gpus?|vram|latenc(y|ies)|"
+    r"p50|p95|p99|errors?|instances?|containers?|processes)\b"
+)
+"""What only this site's own tools read (another site's logs, cache, GPU or latency are its own)."""
+_SITES = re.compile(
+    r"\b(sites|members?|membership|peers?|nodes?|health\w*|unhealthy|up|down|status|alive|dead|reachable|"
+    r"online|offline|list|show|overview|who|what|which)\b|^\W*(the\s+)?swarm\W*$"
+)
+
+
+def _target_site(masked: str, sites: Sequence[str]) -> str | None:
+    """The site a move names as its target in `masked` (whose `_site_`s are `sites`): the one
+    after "to"/"onto" or the one site named, never one it moves away from ("from site-1", "off
+    site-1"); None when there is none, or more than one ("to site-2 or site-3")."""
+    pieces = masked.split("_site_")
+    named = list(zip(sites, pieces[:-1], strict=False))
+    candidates = {site for site, before in named if not _AWAY.search(before)}
+    towards = {site for site, before in named if _TOWARDS.search(before)}
+    if len(candidates) == 1 and (towards <= candidates):
+        return candidates.pop()
+    return None
+
+
+def move_targets(u: Utterance) -> list[str | None]:
+    """The target site of each service mention (`_svc_`) of a move, in order: the one written
+    between it and the next mention ("inference to site-2 and sensor to site-3"); a mention
+    without one takes the next one's ("inference and sensor to site-2")."""
+    masked = u.masked
+    starts = [match.start() for match in re.finditer(r"_svc_", masked)]
+    if len(starts) <= 1:
+        return [_target_site(masked, u.sites)]
+    bounds = [0, *starts[1:], len(masked)]
+    targets: list[str | None] = []
+    for start, end in itertools.pairwise(bounds):
+        before = masked[:start].count("_site_")
+        segment = masked[start:end]
+        targets.append(_target_site(segment, u.sites[before : before + segment.count("_site_")]))
+    for index in range(len(targets) - 2, -1, -1):
+        if targets[index] is None:
+            targets[index] = targets[index + 1]
+    return targets
+
+
+def _swarm_change(u: Utterance, lexicon: Lexicon) -> Request | None:
+    """Swarm changes ("move inference to site-2", "migrate sensor onto site 3", "scale inference
+    to 4 across the swarm", "run 4 replicas of inference in the swarm", "scale inference up across
+    the sites") → swarm_ops move / scale; the coordinator commits the placement. A scale that names
+    one site, or a count per site, is answered in words (the coordinator places a total); a
+    restart, stop or flush on other sites is too (`action="elsewhere"`: this site's agent changes
+    only its own)."""
+    masked = u.masked
+    if _MOVE.search(masked) or _MOVE_TO_A_SITE.search(masked):
+        if not (u.sites or u.service):
+            return None
+        site = move_targets(u)[0]
+        missing = None if site else "one site to move it to (… to site-N)"
+        return Request("swarm", action="move", service=u.service, site=site, missing=missing or _no(u))
+    wide = _SWARM_WIDE.search(masked) or _PER_SITE.search(masked)
+    if _SWARM_SCALE.search(masked) and (wide or u.sites):
+        more = re.search(rf"\b{_NUMBER}\s+(more|additional|extra|fewer|less)\b", masked)
+        replicas = None if more else _first_int((*_REPLICAS, rf"\b{_NUMBER}\s+_svc_"), masked)
+        delta = None
+        if more:
+            delta = _number(more.group(1)) * (-1 if more.group(2) in ("fewer", "less") else 1)
+        elif replicas is None:
+            if re.search(r"\b(up|out|more|grow)\b", masked):
+                delta = 1
+            elif re.search(r"\b(down|fewer|less|shrink)\b", masked):
+                delta = -1
+        missing = _no(u)
+        if _PER_SITE.search(masked):
+            missing = (
+                "a total replica count for the swarm (the coordinator spreads the replicas over the sites; "
+                "it sets no count per site)"
+            )
+        elif replicas is None and delta is None:
+            missing = "a replica count (… to N replicas across the swarm)"
+        return Request(
+            "swarm",
+            action="scale",
+            service=u.service,
+            replicas=replicas,
+            replicas_delta=delta,
+            site=u.sites[0] if u.sites else None,
+            missing=missing,
+        )
+    if _LOCAL_CHANGE.search(masked) and (wide or u.sites):
+        return Request("swarm", action="elsewhere", service=u.service, site=u.sites[0] if u.sites else None)
+    return None
+
+
+def _no(u: Utterance) -> str | None:
+    return None if u.service else "a service"
+
+
+def _swarm_read(u: Utterance, lexicon: Lexicon) -> Request | None:
+    """Swarm questions: the coordinator ("which site is the leader?", "who is the coordinator?")
+    → swarm_ops leader; placements ("where does inference run?", "show placements", "what runs on
+    site-2?") → placements; load ("how loaded is the swarm?", "swarm load", "which site is
+    busiest?") → load; the sites ("list the sites", "show the swarm", "is site-2 healthy?") →
+    sites. A question about a swarm change ("should I move inference to site-2?") reads the
+    placements instead; another site's logs, cache or latency are answered in words (only that
+    site's agent reads them)."""
+    masked = u.masked
+    site = u.sites[0] if u.sites else None
+    if _LEADER.search(masked):
+        return Request("swarm", action="leader")
+    if _placements_asked(u, masked, site):
+        return Request("swarm", action="placements", service=u.service, site=site)
+    if _LOADED.search(masked):
+        return Request("swarm", action="load", site=site)
+    if _LOCAL_READ.search(masked):
+        return Request("swarm", action="elsewhere", service=u.service, site=site)
+    if _SITES.search(masked) or (site and not u.service):
+        return Request("swarm", action="sites", site=site)
+    return None
+
+
+def _placements_asked(u: Utterance, masked: str, site: str | None) -> bool:
+    """Whether a swarm question asks where services run: placement words ("where", "placed"); a
+    service said to run or be somewhere ("which sites run sensor", "is sensor on site-2?"); what
+    runs on a site ("what runs on site-2?"); or a question about moving or scaling it."""
+    if _PLACED.search(masked):
+        return True
+    if _RUNS.search(masked) and (u.service or (site and re.search(r"\b(what|which)\b", masked))):
+        return True
+    if u.service and re.search(r"\b(on|at)\s+(the\s+)?_site_", masked) and not _LOCAL_READ.search(masked):
+        return True
+    return u.reading and bool(_MOVE.search(masked) or _SWARM_SCALE.search(masked))
+
+
 @dataclass(frozen=True)
 class IntentRule:
     """A trigger pattern (searched in the masked text) and the extractor that builds the request.
@@ -544,10 +753,18 @@ RULES: tuple[IntentRule, ...] = (
         _help,
     ),
     IntentRule(
+        "swarm",
+        _SWARM_CONTEXT + r"|\b(move[sd]?|moving|migrat\w*|relocat\w*)\b",
+        _swarm_change,
+        changes_site=True,
+    ),
+    IntentRule(
         "cache",
         r"\b(caches?|cached|namespaces?|key|entry|entries|flush\w*|evictions?|redis)\b|\bhit (ratio|rate)\b",
         _cache,
     ),
+    # After the cache: a value or key that looks like a site id ("set key k to site-2 …") is the cache's.
+    IntentRule("swarm", _SWARM_CONTEXT, _swarm_read),
     IntentRule(
         "scale",
         rf"\b(scale[sd]?|scaling|replicas?|resize|bump)\b|"
@@ -632,13 +849,20 @@ def _mergeable(first: Request, second: Request, second_u: Utterance) -> bool:
     return first.intent in _MERGEABLE
 
 
-_CONNECTOR = re.compile(
-    r"(?:\s|[,;&]|\b(?:and|then|also|plus|as well as|the|both|caches?|namespaces?|services?|instances?|"
-    r"replicas?|copies|more|new|additional|extra|another|to|at)\b|" + rf"\b{_NUMBER}\b)*"
+_CONNECTING = (
+    r"\s|[,;&]|\b(?:and|then|also|plus|as well as|the|both|caches?|namespaces?|services?|instances?|"
+    r"replicas?|copies|more|new|additional|extra|another|to|at)\b|" + rf"\b{_NUMBER}\b"
 )
+_CONNECTOR = re.compile(rf"(?:{_CONNECTING})*")
 
 
-def coordinated(u: Utterance, lexicon: Lexicon) -> tuple[str, ...]:
+_SWARM_CONNECTOR = re.compile(
+    rf"(?:{_CONNECTING}|\b_site_\b|\b(?:on|onto|into|from|off|over|across|in|swarm|sites?|cluster|all)\b)*"
+)
+"""Between services moved or scaled together: also site ids and the words that place them."""
+
+
+def coordinated(u: Utterance, lexicon: Lexicon, connector: re.Pattern[str] = _CONNECTOR) -> tuple[str, ...]:
     """The services named together with the first mention, as a list ("sensor and inference",
     "sensor to 3 and inference to 2", "the sensor cache and the inference cache"); a service named
     for another reason ("restart sensor because inference is slow") is not one of them."""
@@ -649,7 +873,7 @@ def coordinated(u: Utterance, lexicon: Lexicon) -> tuple[str, ...]:
     run: list[str] = []
     for index, token in enumerate(tokens):
         service = next(mentions, None) if token.group(1) == "svc" else None
-        if index and not _CONNECTOR.fullmatch(u.masked[tokens[index - 1].end() : token.start()]):
+        if index and not connector.fullmatch(u.masked[tokens[index - 1].end() : token.start()]):
             break
         if service is not None and service not in run:
             run.append(service)
@@ -827,6 +1051,19 @@ class IntentParser:
                 parts.append(request)
             parts += [replace(request, service=s, instance_ids=()) for s in uncovered]
             return parts or [request]
+        if intent == "swarm" and request.action in SWARM_CHANGES:
+            together = coordinated(u, self.lexicon, _SWARM_CONNECTOR)
+            if len(together) <= 1:
+                return [request]
+            if request.action == "scale":
+                counts = self._replicas_by_service(u)
+                return [
+                    replace(request, service=s, replicas=counts.get(s, request.replicas)) for s in together
+                ]
+            targets: dict[str, str | None] = {}
+            for service, target in zip(self.lexicon.mentions(u.low), move_targets(u), strict=False):
+                targets.setdefault(service, target)
+            return [replace(request, service=s, site=targets.get(s) or request.site) for s in together]
         if intent == "scale" and len(together) > 1:
             counts = self._replicas_by_service(u)
             return [replace(request, service=s, replicas=counts.get(s, request.replicas)) for s in together]

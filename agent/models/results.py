@@ -75,3 +75,14 @@ def listed_instances(data: Any, service: str | None = None) -> list[Mapping[str,
     """The instances in a ``container_ops list`` result (of `service` only, when given)."""
     instances = data.get("instances", []) if isinstance(data, dict) else []
     return [inst for inst in instances if service is None or inst.get("service") == service]
+
+
+def placed_replicas(data: Any, service: str | None) -> dict[str, int]:
+    """Site → replicas of `service` in a ``swarm_ops placements`` result (empty when it has none)."""
+    placements = data.get("placements", {}) if isinstance(data, dict) else {}
+    placement = placements.get(service) if isinstance(placements, dict) else None
+    if not isinstance(placement, dict):
+        return {}
+    return {
+        str(site): int(count) for site, count in placement.items() if isinstance(count, int) and count > 0
+    }

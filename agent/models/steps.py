@@ -23,7 +23,14 @@ from typing import Any
 from agent.models import answers
 from agent.models.events import ToolCall
 from agent.models.intents import Request
-from agent.models.results import Observation, Rounds, any_failed, latest_result, listed_instances
+from agent.models.results import (
+    Observation,
+    Rounds,
+    any_failed,
+    latest_result,
+    listed_instances,
+    placed_replicas,
+)
 
 STEP_ROUNDS = 2
 """Every single (not compound) request is answered within this many tool rounds."""
@@ -58,6 +65,10 @@ def metrics(section: str) -> ToolCall:
 
 def cache(action: str, **values: Any) -> ToolCall:
     return ToolCall("cache_manager", {"action": action, **_args(**values)})
+
+
+def swarm(action: str, **values: Any) -> ToolCall:
+    return ToolCall("swarm_ops", {"action": action, **_args(**values)})
 
 
 def _calls(*calls: ToolCall) -> Step:
@@ -197,6 +208,43 @@ def _cache(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     return _calls(cache(action, namespace=request.namespace, key=request.key))
 
 
+def _swarm_call(request: Request) -> ToolCall:
+    """The one `swarm_ops` call of a swarm request, with only the inputs its action takes."""
+    action = request.action or "sites"
+    if action == "leader":
+        return swarm("leader")
+    if action in ("sites", "load"):
+        return swarm(action, site=request.site)
+    if action == "placements":
+        return swarm("placements", service=request.service, site=request.site)
+    if action == "scale":
+        return swarm("scale", service=request.service, replicas=request.replicas)
+    return swarm("move", service=request.service, site=request.site)
+
+
+def _swarm(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
+    """One swarm_ops call and its answer; a scale up or down without a number reads the service's
+    placement first, then scales its total by the step asked."""
+    if request.action == "elsewhere":
+        return _text(answers.swarm_elsewhere(request))
+    if request.action == "scale" and request.site:
+        return _text(answers.swarm_scale_on_one_site(request))
+    if request.action == "scale" and request.replicas is None:
+        if not rounds:
+            return _calls(swarm("placements", service=request.service))
+        if len(rounds) == 1 and not any_failed(rounds[0]):
+            current = sum(
+                placed_replicas(latest_result(rounds, "swarm_ops", "placements"), request.service).values()
+            )
+            target = max(0, current + (request.replicas_delta or 0))
+            if target == current:
+                return _text(answers.no_swarm_replicas_to_remove(request.service))
+            return _calls(swarm("scale", service=request.service, replicas=target))
+    elif not rounds:
+        return _calls(_swarm_call(request))
+    return _text(answers.swarm_report(request, rounds))
+
+
 def _alerts(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
     return _text(answers.NO_ALERTS)
 
@@ -218,6 +266,7 @@ INTENT_STEPS: Mapping[str, IntentSteps] = {
     "gpu": _gpu,
     "host": _host,
     "status": _status,
+    "swarm": _swarm,
 }
 
 

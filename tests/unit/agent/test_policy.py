@@ -8,8 +8,10 @@ from strands.types.tools import AgentTool
 
 from agent.limits import MutationLimiter
 from agent.policy import TOOL_EFFECTS, Caller, ToolPolicy, classify
+from agent.scopes import scope_for
+from tests.support.swarm_backend import MemorySwarm, site
 from tests.support.workloads import StaticRuntime
-from tools import cache_manager, container_ops
+from tools import cache_manager, container_ops, swarm_ops
 from tools.caches.memory import MemoryCache
 from tools.metrics_monitor import MetricsMonitor, RequestLog, metrics_monitor_tool
 from tools.probes import GpuProbe, HostProbe
@@ -43,6 +45,13 @@ def _policy(clock: Clock | None = None, per_minute: int = 3) -> ToolPolicy:
         ("cache_manager", {"action": "stats"}, "read"),
         ("cache_manager", {"action": "set", "namespace": "n", "key": "k"}, "mutate"),
         ("cache_manager", {"action": "flush", "namespace": "n"}, "destructive"),
+        ("swarm_ops", {"action": "sites"}, "read"),
+        ("swarm_ops", {"action": "leader"}, "read"),
+        ("swarm_ops", {"action": "placements", "service": "sensor"}, "read"),
+        ("swarm_ops", {"action": "load"}, "read"),
+        ("swarm_ops", {"action": "move", "service": "sensor", "site": "site-2"}, "mutate"),
+        ("swarm_ops", {"action": "scale", "service": "sensor", "replicas": 4}, "mutate"),
+        ("swarm_ops", {"action": "scale", "service": "sensor", "replicas": 0}, "destructive"),
         ("some_future_tool", {}, "mutate"),
     ],
 )
@@ -66,6 +75,19 @@ ACTION_TOOLS: dict[str, tuple[Any, frozenset[str], frozenset[str], frozenset[str
         cache_manager.CACHE_MUTATIONS,
         cache_manager.CACHE_DESTRUCTIVE,
     ),
+    "swarm_ops": (
+        swarm_ops.SwarmAction,
+        swarm_ops.SWARM_READS,
+        swarm_ops.SWARM_MUTATIONS,
+        swarm_ops.SWARM_DESTRUCTIVE,
+    ),
+}
+ZERO_REPLICAS_DESTRUCTIVE = {
+    "container_ops": (
+        container_ops.CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS,
+        container_ops.CONTAINER_MUTATIONS,
+    ),
+    "swarm_ops": (swarm_ops.SWARM_DESTRUCTIVE_AT_ZERO_REPLICAS, swarm_ops.SWARM_MUTATIONS),
 }
 EFFECT_OF_SET = ("read", "mutate", "destructive")
 EVERY_ACTION = [
@@ -82,6 +104,7 @@ def _site_tools(tmp_path: Path) -> dict[str, AgentTool]:
         container_ops.container_ops_tool(StaticRuntime([])),
         cache_manager.cache_manager_tool(cache_manager.CacheManager(MemoryCache(10))),
         metrics_monitor_tool(MetricsMonitor(HostProbe(tmp_path), GpuProbe(), RequestLog())),
+        swarm_ops.swarm_ops_tool(MemorySwarm([site("site-1")], ["sensor"])),
     ]
     return {t.tool_name: t for t in tools}
 
@@ -97,11 +120,13 @@ def test_each_action_of_a_tool_has_exactly_one_effect_in_its_own_module(tool: st
     assert not strays, f"{tool} classifies actions it does not have: {sorted(strays)}"
 
 
-def test_scaling_to_zero_is_the_one_conditional_effect_and_only_of_mutations() -> None:
+@pytest.mark.parametrize("tool", sorted(ZERO_REPLICAS_DESTRUCTIVE))
+def test_scaling_to_zero_is_the_one_conditional_effect_and_only_of_mutations(tool: str) -> None:
     # A read listed here would never reach the replicas check (reads are answered first).
-    assert container_ops.CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS == {"scale"}
-    assert container_ops.CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS <= container_ops.CONTAINER_MUTATIONS
-    assert container_ops.CONTAINER_SERVICE_ACTIONS <= container_ops.CONTAINER_ACTIONS
+    at_zero, mutations = ZERO_REPLICAS_DESTRUCTIVE[tool]
+    assert at_zero == {"scale"}
+    assert at_zero <= mutations
+    assert TOOL_EFFECTS[tool].destructive_at_zero_replicas == at_zero
 
 
 def test_the_tools_take_exactly_the_actions_their_module_defines(tmp_path: Path) -> None:
@@ -112,6 +137,8 @@ def test_the_tools_take_exactly_the_actions_their_module_defines(tmp_path: Path)
         assert set(schema["enum"]) == set(get_args(literal)), name
     assert container_ops.CONTAINER_ACTIONS == set(get_args(container_ops.ContainerAction))
     assert cache_manager.CACHE_ACTIONS == set(get_args(cache_manager.CacheAction))
+    assert swarm_ops.SWARM_ACTIONS == set(get_args(swarm_ops.SwarmAction))
+    assert container_ops.CONTAINER_SERVICE_ACTIONS <= container_ops.CONTAINER_ACTIONS
     # metrics_monitor has no actions to classify: every call of it reads.
     assert "action" not in tools["metrics_monitor"].tool_spec["inputSchema"]["json"]["properties"]
 
@@ -119,7 +146,7 @@ def test_the_tools_take_exactly_the_actions_their_module_defines(tmp_path: Path)
 @pytest.mark.parametrize(("tool", "action", "effect"), EVERY_ACTION)
 def test_classify_agrees_with_the_tools_own_sets(tool: str, action: str, effect: str) -> None:
     assert classify(tool, {"action": action}) == effect
-    if tool == "container_ops" and action in container_ops.CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS:
+    if tool in ZERO_REPLICAS_DESTRUCTIVE and action in ZERO_REPLICAS_DESTRUCTIVE[tool][0]:
         assert classify(tool, {"action": action, "service": "sensor", "replicas": 0}) == "destructive"
         assert classify(tool, {"action": action, "service": "sensor", "replicas": 1}) == effect
 
@@ -149,6 +176,10 @@ def test_a_malformed_action_is_judged_without_failing() -> None:
         ("container_ops", {"action": "logs", "instance_id": "sensor-1"}),
         ("cache_manager", {"action": "stats"}),
         ("cache_manager", {"action": "get", "namespace": "inference", "key": "k"}),
+        ("swarm_ops", {"action": "sites"}),
+        ("swarm_ops", {"action": "leader"}),
+        ("swarm_ops", {"action": "placements"}),
+        ("swarm_ops", {"action": "load"}),
     ],
 )
 def test_client_scope_reads_no_operator_data(tool: str, tool_input: dict) -> None:
@@ -217,3 +248,32 @@ def test_mutations_are_rate_limited_per_minute() -> None:
     assert "rate limit" in (policy.refusal(caller, "container_ops", restart) or "")
     clock.now += 61
     assert policy.refusal(caller, "container_ops", restart) is None
+
+
+def test_the_swarm_tool_and_the_sites_route_need_the_operator_scope() -> None:
+    # GET /v1/sites ("sites.list") shows what swarm_ops "sites" shows: one scope for both.
+    assert scope_for("swarm_ops") == scope_for("sites.list") == "operator"
+
+
+@pytest.mark.parametrize(
+    "tool_input",
+    [
+        {"action": "move", "service": "sensor", "site": "site-2"},
+        {"action": "scale", "service": "sensor", "replicas": 4},
+    ],
+)
+def test_swarm_changes_need_an_operator_and_are_not_confirmed_but_rate_limited(tool_input: dict) -> None:
+    policy = _policy(per_minute=1)
+    assert "operator key" in (policy.refusal(Caller("s", CLIENT), "swarm_ops", tool_input) or "")
+    assert "may only read" in (
+        policy.refusal(Caller("s", OPERATOR, read_only=True), "swarm_ops", tool_input) or ""
+    )
+    assert policy.refusal(Caller("s", OPERATOR), "swarm_ops", tool_input) is None
+    assert "rate limit" in (policy.refusal(Caller("s", OPERATOR), "swarm_ops", tool_input) or "")
+
+
+def test_scaling_a_service_to_zero_across_the_swarm_needs_confirmation() -> None:
+    policy = _policy()
+    to_zero = {"action": "scale", "service": "sensor", "replicas": 0}
+    assert "needs confirmation" in (policy.refusal(Caller("s", OPERATOR), "swarm_ops", to_zero) or "")
+    assert policy.refusal(Caller("s", OPERATOR, confirm=True), "swarm_ops", to_zero) is None
