@@ -26,9 +26,6 @@ ACTION_SCOPES: Mapping[str, Scope] = {
     "cache_manager": "operator",
     "swarm_ops": "operator",
     "site.health_detail": "operator",
-    # The swarm: its view and its changes are the operators' (as the swarm_ops tool is).
-    "sites.list": "operator",
-    "services.scale": "operator",
 }
 """The scope of each action. A tool's entry covers all of its actions (reads included): every
 one of them returns operator data (host figures, instance logs, cache contents, the swarm's sites,
@@ -36,6 +33,7 @@ placements and load)."""
 
 SAME_AS_TOOL: Mapping[str, str] = {
     "sites.list": "swarm_ops",  # GET /v1/sites shows the swarm's sites, as swarm_ops "sites" does
+    "services.scale": "swarm_ops",  # POST /v1/services/{name}/scale|move: swarm_ops "scale"/"move"
 }
 """REST actions with a name of their own that show a tool's data: each takes its tool's scope
 from the one entry above, so the route and the tool cannot drift apart."""

@@ -21,7 +21,7 @@ from agent.upstream import UpstreamPool
 from agent.view import ServiceView, View
 from api.auth import KeyRing, generate_key
 from api.door import FrontDoor
-from api.swarm_node import SwarmNode
+from api.swarm_node import SiteSwarmBackend, SwarmNode
 from config.settings import Settings
 from monitoring.sampler import Sampler
 from prompts import load_prompt
@@ -32,6 +32,7 @@ from tools.container_ops import container_ops_tool
 from tools.metrics_monitor import MetricsMonitor, RequestLog, metrics_monitor_tool
 from tools.probes import GpuProbe, HostProbe
 from tools.runtimes.base import Runtime, WorkloadRuntimeError, WorkloadSpec
+from tools.swarm_ops import swarm_ops_tool
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,8 @@ class Site:
             container_ops_tool(self.runtime, {n: s.max_replicas for n, s in self.settings.services.items()}),
             cache_manager_tool(self.cache),
         ]
+        if self.swarm is not None:
+            self.tools.append(swarm_ops_tool(SiteSwarmBackend(self.swarm)))
         settings, services = self.settings, tuple(self.settings.services)
         self.chat = ChatService(
             settings,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -18,14 +19,15 @@ import time
 from typing import Any
 
 from agent.admission import Admission
+from agent.errors import SiteError
 from agent.forwarding import PeerForwarder
-from agent.upstream import UpstreamPool
+from agent.upstream import UpstreamError, UpstreamPool
 from agent.view import PeerChoice
 from config.settings import Settings
 from swarm.balancer import RoundRobinState, choose_peer
 from swarm.commands import JoinSite
-from swarm.consensus.base import Consensus, ConsensusError
-from swarm.coordinator import Coordinator
+from swarm.consensus.base import Consensus, ConsensusError, NotLeaderError
+from swarm.coordinator import Coordinator, PlacementError
 from swarm.gossip import Gossip
 from swarm.load_table import LoadTable, ServiceLoad, SiteLoad
 from swarm.peers import PeerAddress, PeerSigner, parse_peers
@@ -35,6 +37,21 @@ from tools.metrics_monitor import MetricsMonitor
 from tools.runtimes.base import Runtime
 
 log = logging.getLogger(__name__)
+
+CHANGE_TIMEOUT_S = 10.0
+"""Longest a placement change waits to commit."""
+
+
+def placement_error(exc: Exception) -> SiteError:
+    """A placement change that did not commit, as the API's error."""
+    if isinstance(exc, NotLeaderError):
+        return SiteError(409, "not_leader", f"this site is not the coordinator; the leader is {exc.leader}")
+    if isinstance(exc, PlacementError):
+        return SiteError(422, "placement_failed", str(exc))
+    if isinstance(exc, ConsensusError):
+        return SiteError(503, "consensus_unavailable", str(exc), retry_after_s=1)
+    return SiteError(404, "not_found", str(exc))
+
 
 JOIN_RETRY_S = 0.5
 RECONCILE_INTERVAL_S = 2.0
@@ -100,6 +117,7 @@ class SwarmNode:
             settings.gossip_interval_s,
             upstream,
         )
+        self.upstream = upstream
         self.forwarder = PeerForwarder(self.site_id, self.signer, upstream, track=self.table.forward_started)
         self._rng = random.Random()
         self._rr = RoundRobinState()
@@ -171,6 +189,47 @@ class SwarmNode:
         await self.reconciler.stop()
         await self.consensus.stop()
 
+    async def change(self, action: str, service: str, argument: int | str) -> dict[str, int]:
+        """Scale (`argument`: replicas across the swarm) or move (`argument`: the site) a service:
+        decided here when this site leads, else by the leader over the signed peer API. The
+        committed placement of the service; `SiteError` when it did not commit."""
+        if service not in self.settings.services:
+            raise SiteError(404, "unknown_service", f"unknown service {service!r}", "service")
+        if self.coordinator.is_coordinator():
+            try:
+                if action == "scale":
+                    command = await self.coordinator.scale(service, int(argument), CHANGE_TIMEOUT_S)
+                else:
+                    command = await self.coordinator.move(service, str(argument), CHANGE_TIMEOUT_S)
+            except (ConsensusError, PlacementError, ValueError) as exc:
+                raise placement_error(exc) from None
+            return dict(command.replicas)
+        leader = self.consensus.leader()
+        address = None if leader is None else self.peers.get(leader)
+        if leader is None or address is None:
+            raise SiteError(503, "no_leader", "the swarm has no leader now; retry shortly", retry_after_s=1)
+        path = f"/v1/peer/{action}/{service}"
+        body = json.dumps({"replicas": argument} if action == "scale" else {"site": argument}).encode()
+        headers = self.signer.sign("POST", path, body, time.time(), to=leader)
+        try:
+            response = await self.upstream.request(
+                address.host, address.port, path, body, CHANGE_TIMEOUT_S + 5, headers=headers
+            )
+        except UpstreamError as exc:
+            raise SiteError(
+                503,
+                "leader_unreachable",
+                f"the leader {leader} did not answer: {type(exc).__name__}",
+                retry_after_s=1,
+            ) from None
+        answer = json.loads(response.body)
+        if response.status != 200:
+            error = answer.get("error", {})
+            raise SiteError(
+                response.status, str(error.get("code", "failed")), f"leader {leader}: {error.get('message')}"
+            )
+        return {str(site): int(n) for site, n in answer["placement"].items()}
+
     def leader_url(self) -> str | None:
         leader = self.consensus.leader()
         if leader is None:
@@ -217,3 +276,37 @@ class SwarmNode:
             "placements": self.state.placements,
             "cloud_fallback": sorted(self.state.cloud_fallback),
         }
+
+
+class SiteSwarmBackend:
+    """The `swarm_ops` tool's backend (`tools.swarm_ops.SwarmBackend`) over this site's node."""
+
+    def __init__(self, node: SwarmNode) -> None:
+        self.node = node
+
+    async def sites(self) -> list[dict[str, Any]]:
+        sites: list[dict[str, Any]] = self.node.report()["sites"]
+        return sites
+
+    def leader(self) -> str | None:
+        return self.node.consensus.leader()
+
+    def term(self) -> int:
+        return self.node.consensus.status().term
+
+    def placements(self) -> dict[str, dict[str, int]]:
+        return self.node.state.placements
+
+    async def scale(self, service: str, replicas: int) -> dict[str, int]:
+        return await self._change("scale", service, replicas)
+
+    async def move(self, service: str, site_id: str) -> dict[str, int]:
+        return await self._change("move", service, site_id)
+
+    async def _change(self, action: str, service: str, argument: int | str) -> dict[str, int]:
+        try:
+            return await self.node.change(action, service, argument)
+        except SiteError as exc:
+            if exc.status in (404, 422):  # the caller's mistake: the tool reports it as such
+                raise ValueError(exc.message) from None
+            raise

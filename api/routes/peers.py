@@ -21,7 +21,8 @@ from agent.errors import SiteError
 from api.deps import SiteDep
 from api.door import CLOCK_KEY, RequestClock
 from api.routes.client_requests import client_call, new_request_id, read_body, render
-from swarm.consensus.base import ConsensusError, NotLeaderError
+from api.swarm_node import CHANGE_TIMEOUT_S, placement_error
+from swarm.consensus.base import ConsensusError
 from swarm.coordinator import PlacementError
 from swarm.peers import PeerCall, PeerSigner, peer_call
 
@@ -73,24 +74,11 @@ class MoveBody(BaseModel):
     site: str = Field(min_length=1, max_length=63, description="The site that runs every replica.")
 
 
-def placement_error(exc: Exception) -> SiteError:
-    """A failed placement change as the API's error."""
-    if isinstance(exc, NotLeaderError):
-        return SiteError(409, "not_leader", f"this site is not the coordinator; the leader is {exc.leader}")
-    if isinstance(exc, PlacementError):
-        return SiteError(422, "placement_failed", str(exc))
-    if isinstance(exc, ConsensusError):
-        return SiteError(503, "consensus_unavailable", str(exc), retry_after_s=1)
-    if isinstance(exc, ValueError):
-        return SiteError(404, "not_found", str(exc))
-    raise exc
-
-
 @router.post("/scale/{service}")
 async def peer_scale(service: str, body: ScaleBody, call: Peer, site: SiteDep) -> JSONResponse:
     assert site.swarm is not None
     try:
-        command = await site.swarm.coordinator.scale(service, body.replicas, 10.0)
+        command = await site.swarm.coordinator.scale(service, body.replicas, CHANGE_TIMEOUT_S)
     except (ConsensusError, PlacementError, ValueError) as exc:
         raise placement_error(exc) from None
     return JSONResponse({"service": command.service, "placement": command.replicas, "id": command.id})
@@ -100,7 +88,7 @@ async def peer_scale(service: str, body: ScaleBody, call: Peer, site: SiteDep) -
 async def peer_move(service: str, body: MoveBody, call: Peer, site: SiteDep) -> JSONResponse:
     assert site.swarm is not None
     try:
-        command = await site.swarm.coordinator.move(service, body.site, 10.0)
+        command = await site.swarm.coordinator.move(service, body.site, CHANGE_TIMEOUT_S)
     except (ConsensusError, PlacementError, ValueError) as exc:
         raise placement_error(exc) from None
     return JSONResponse({"service": command.service, "placement": command.replicas, "id": command.id})
