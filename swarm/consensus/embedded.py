@@ -288,14 +288,17 @@ class EmbeddedConsensus:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._applier_task = self._loop.create_task(self._apply_entries(), name=f"raft-{self.node_id}-apply")
         self._history = _History(self._from_raft)
-        transport = _partial_transport(self._keepalive_s)
-        self._node = SyncObj(
-            self.self_address,
-            list(self.partners.values()),
-            conf=self._conf(),
-            consumers=[self._history],
-            transportClass=transport,
-        )
+        try:
+            self._node = SyncObj(
+                self.self_address,
+                list(self.partners.values()),
+                conf=self._conf(),
+                consumers=[self._history],
+                transportClass=_partial_transport(self._keepalive_s),
+            )
+        except Exception as exc:  # e.g. a journal it cannot open
+            await self.stop()
+            raise ConsensusError(f"node {self.node_id} cannot start: {exc}") from exc
         self._node.addOnTickCallback(self._history.pump)
         try:
             await asyncio.to_thread(self._node.waitBinded)
