@@ -10,11 +10,13 @@ Keys, under `prefix` (default `/mec`; several swarms can share one etcd with dis
 Appending (`propose`): one transaction puts entry i only if key i is absent *and* key i-1 exists,
 so the log is dense and entries are never overwritten, whichever site proposes. A proposer that
 loses the race reads the last index in the same round trip and tries the next one (bounded by
-the proposal's deadline and `MAX_APPEND_ATTEMPTS`). An append whose answer was lost (a member
-died or timed out mid-request) is retried at the *same* index: if that key then holds this very
-JSON, the first try committed and its index is returned, so a retry after a lost answer never adds
-a second entry. Two proposals of one command are two entries (the command id dedupes them in the
-state machine).
+the proposal's deadline and `MAX_APPEND_ATTEMPTS`). A node's proposals go through one append
+thread: those that queue up while a transaction is out go together in the next one, as entries
+i, i+1, ... (group commit), which also keeps the race to three proposers for three sites. An
+append whose answer was lost (a member died or timed out mid-request) is retried at the *same*
+index: if the keys from there then hold exactly these JSONs, the first try committed and its
+indexes are returned, so a retry after a lost answer never adds entries twice. Two proposals of
+one command are two entries (the command id dedupes them in the state machine).
 
 Applying: a follower thread reads the log with ranges from the next unapplied index, in key
 order, and hands each batch to one task on the event loop, which calls the `Applier` for each
@@ -38,7 +40,7 @@ failover is one round trip); a crashed leader's key goes when its lease expires 
 of etcd's expiry scan). A leader that cannot renew its lease stops calling itself leader once the
 lease may have run out (its deadline counts from when the last renewal was *sent*).
 
-Threads: the follower, the session (lease, leader, members) and a small pool for proposals; every
+Threads: the follower, the session (lease, leader, members) and the appender; every
 call to etcd has a timeout (`request_timeout_s`, at most the time a proposal has left) and the
 members are tried in turn when one does not answer. Nothing blocks the event loop.
 """
@@ -47,14 +49,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import functools
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -83,7 +86,11 @@ MAX_BACKOFF_S = 0.5
 """The follower's longest pause between reads while etcd does not answer."""
 BACKPRESSURE_PAUSE_S = 0.01
 LEADER_POLL_S = 0.01
-PROPOSE_THREADS = 4
+MAX_BATCH = 64
+"""Proposals of one node waiting together go to etcd in one transaction, this many at most (etcd
+allows 128 operations per transaction by default)..."""
+MAX_BATCH_BYTES = 256 * 1024
+"""... and this much JSON at most (etcd takes requests up to 1.5 MiB by default)."""
 DEFAULT_PORT = 2379
 
 _SORT_ASCEND, _SORT_DESCEND, _SORT_BY_KEY = 1, 2, 0
@@ -276,6 +283,15 @@ class _Cluster:
             sock.settimeout(self.watch_read_timeout_s)
 
 
+@dataclass(frozen=True, slots=True)
+class _Proposal:
+    """A command waiting for the append thread, and where its index goes."""
+
+    payload: str
+    deadline: float
+    future: concurrent.futures.Future[int]
+
+
 def _transaction(client: etcd3gw.Etcd3Client, txn: dict[str, Any]) -> dict[str, Any]:
     return cast(dict[str, Any], client.transaction(txn))
 
@@ -340,7 +356,8 @@ class EtcdConsensus:
         self._session_bell = threading.Event()
         self._follower: threading.Thread | None = None
         self._session: threading.Thread | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._appender: threading.Thread | None = None
+        self._appends: queue.SimpleQueue[_Proposal | None] = queue.SimpleQueue()
         self._revoke_on_stop = True
 
         # shared state: written by the threads, read anywhere (under `_lock`)
@@ -430,8 +447,8 @@ class EtcdConsensus:
         self._loop = asyncio.get_running_loop()
         self._inbox = asyncio.Queue()
         self._apply_task = self._loop.create_task(self._apply_forever(), name=f"etcd-{self.node_id}-apply")
-        self._executor = ThreadPoolExecutor(
-            PROPOSE_THREADS, thread_name_prefix=f"etcd-{self.node_id}-propose"
+        self._appender = threading.Thread(
+            target=self._append_forever, name=f"etcd-{self.node_id}-append", daemon=True
         )
         self._follower = threading.Thread(
             target=self._follow, name=f"etcd-{self.node_id}-follow", daemon=True
@@ -439,6 +456,7 @@ class EtcdConsensus:
         self._session = threading.Thread(target=self._lead, name=f"etcd-{self.node_id}-session", daemon=True)
         self._follower.start()
         self._session.start()
+        self._appender.start()
 
     async def stop(self, *, revoke_lease: bool = True) -> None:
         """Revoke the lease (the leader key and the member key go with it, so another node takes
@@ -455,12 +473,12 @@ class EtcdConsensus:
         self._stopping.set()
         self._log_bell.set()
         self._session_bell.set()
-        threads = [thread for thread in (self._session, self._follower) if thread is not None]
+        self._appends.put(None)
+        threads = [thread for thread in (self._session, self._follower, self._appender) if thread is not None]
         join_s = 3 * self._request_timeout_s + 1.0
         if threads:
             await asyncio.to_thread(self._join, threads, join_s)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._fail_queued()
         if self._apply_task is not None:
             self._apply_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -488,18 +506,18 @@ class EtcdConsensus:
 
         `ConsensusError` when that does not happen within `timeout_s` (etcd unreachable, the node
         stopped); the command may still commit later: its id makes a retry safe."""
-        if self._loop is None or self._executor is None:
+        if self._loop is None:
             raise ConsensusError(f"{self.node_id} is not started")
         if self._stopping.is_set():
             raise ConsensusError(f"{self.node_id} is stopped")
         deadline = time.monotonic() + timeout_s
-        payload = to_json(command)
+        proposal = _Proposal(to_json(command), deadline, concurrent.futures.Future())
+        self._appends.put(proposal)
         try:
-            future = self._loop.run_in_executor(self._executor, self._append, payload, deadline)
-        except RuntimeError as exc:  # the pool is shut down: stop() runs
-            raise ConsensusError(f"{self.node_id} is stopped") from exc
-        try:
-            index = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
+            # a proposal that times out before it is sent is cancelled here and never sent
+            index = await asyncio.wait_for(
+                asyncio.wrap_future(proposal.future), timeout=max(0.0, deadline - time.monotonic())
+            )
         except TimeoutError:
             raise ConsensusError(
                 f"not committed within {timeout_s:g} s (it may still commit): {self._append_error or 'no answer'}"
@@ -592,25 +610,75 @@ class EtcdConsensus:
 
     # --- appending (a proposal pool thread) --------------------------------------------------------
 
-    def _append_txn(self, index: int, payload: str) -> dict[str, Any]:
+    def _append_forever(self) -> None:
+        """Send the proposals queued by `propose`, as many as wait together in one transaction."""
+        while True:
+            first = self._appends.get()
+            if first is None or self._stopping.is_set():
+                break
+            batch, size = [first], len(first.payload)
+            while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
+                try:
+                    more = self._appends.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._appends.put(None)  # stop: after this batch
+                    break
+                batch.append(more)
+                size += len(more.payload)
+            batch = [proposal for proposal in batch if proposal.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            try:
+                index = self._append([proposal.payload for proposal in batch], max(p.deadline for p in batch))
+            except ConsensusError as exc:
+                for proposal in batch:
+                    proposal.future.set_exception(exc)
+                continue
+            for offset, proposal in enumerate(batch):
+                proposal.future.set_result(index + offset)
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                proposal = self._appends.get_nowait()
+            except queue.Empty:
+                return
+            if proposal is not None and proposal.future.set_running_or_notify_cancel():
+                proposal.future.set_exception(ConsensusError(f"{self.node_id} stopped"))
+
+    def _append_txn(self, index: int, payloads: Sequence[str]) -> dict[str, Any]:
         key = _b64(self._log_key(index))
         compare: list[dict[str, Any]] = [{"key": key, "target": "VERSION", "result": "EQUAL", "version": 0}]
         if index > 1:
             previous = _b64(self._log_key(index - 1))
             compare.append({"key": previous, "target": "VERSION", "result": "GREATER", "version": 0})
+        puts = [
+            {"request_put": {"key": _b64(self._log_key(index + offset)), "value": _b64(payload)}}
+            for offset, payload in enumerate(payloads)
+        ]
+        taken = {
+            "key": key,
+            "range_end": _b64(self._log_end),
+            "limit": len(payloads),
+            "sort_order": _SORT_ASCEND,
+        }
         return {
             "compare": compare,
-            "success": [{"request_put": {"key": key, "value": _b64(payload)}}],
-            "failure": [{"request_range": {"key": key}}, {"request_range": self._last_entry_range()}],
+            "success": puts,
+            "failure": [{"request_range": taken}, {"request_range": self._last_entry_range()}],
         }
 
-    def _try_append(self, index: int, payload: str, client: etcd3gw.Etcd3Client) -> dict[str, Any]:
-        return _transaction(client, self._append_txn(index, payload))
+    def _try_append(self, index: int, payloads: Sequence[str], client: etcd3gw.Etcd3Client) -> dict[str, Any]:
+        return _transaction(client, self._append_txn(index, payloads))
 
-    def _append(self, payload: str, deadline: float) -> int:
-        """Put `payload` at the first free index (see the module's docstring); its index."""
+    def _append(self, payloads: Sequence[str], deadline: float) -> int:
+        """Put `payloads` at the first free indexes (see the module's docstring); the first one."""
         index = self._last_index + 1
         ambiguous = False  # the last try at `index` may have committed without our hearing it
+        expected = [payload.encode() for payload in payloads]
         for _ in range(MAX_APPEND_ATTEMPTS):
             if self._stopping.is_set():
                 raise ConsensusError(f"{self.node_id} stopped")
@@ -619,7 +687,7 @@ class EtcdConsensus:
                 break
             try:
                 response = self._cluster.attempt(
-                    functools.partial(self._try_append, index, payload),
+                    functools.partial(self._try_append, index, payloads),
                     min(self._request_timeout_s, remaining),
                 )
             except _Unavailable as exc:
@@ -629,24 +697,19 @@ class EtcdConsensus:
                 continue
             except _Rejected as exc:
                 raise ConsensusError(f"etcd refused the append: {exc}") from exc
-            if response.get("succeeded"):
-                self._append_error = None
-                self._note_index(index)
-                self._log_bell.set()
-                return index
-            taken, last = (
-                response["responses"][0]["response_range"],
-                response["responses"][1]["response_range"],
-            )
-            kvs = taken.get("kvs") or []
-            if ambiguous and kvs and _unb64(kvs[0].get("value", "")) == payload.encode():
-                self._append_error = None
-                self._note_index(index)
-                self._log_bell.set()
-                return index  # the try whose answer was lost did commit
-            ambiguous = False
-            index = self._last_index_in(last) + 1  # read in the same transaction: the next free one
-            self._note_index(index - 1)
+            if not response.get("succeeded"):
+                taken = response["responses"][0]["response_range"].get("kvs") or []
+                found = [_unb64(kv.get("value", "")) for kv in taken]
+                if not (ambiguous and found == expected):
+                    ambiguous = False
+                    index = self._last_index_in(response["responses"][1]["response_range"]) + 1
+                    self._note_index(index - 1)
+                    continue
+                # else the try whose answer was lost did commit: these are our entries
+            self._append_error = None
+            self._note_index(index + len(payloads) - 1)
+            self._log_bell.set()
+            return index
         raise ConsensusError(
             f"not committed before the deadline (it may still commit): {self._append_error or 'lost every race'}"
         )

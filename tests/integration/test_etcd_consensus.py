@@ -19,6 +19,7 @@ import etcd3gw
 import pytest
 
 from swarm.commands import Command, Note, SetCloudFallback, command_from_json, to_json
+from swarm.consensus import etcd as etcd_module
 from swarm.consensus.base import ConsensusError
 from swarm.consensus.etcd import EtcdConsensus
 from tests.integration.etcd_cluster import EtcdCluster, running_etcd_cluster
@@ -332,3 +333,30 @@ async def test_stop_releases_every_thread_and_is_idempotent(etcd: EtcdCluster) -
     )
     status = site.node.status()
     assert not status.healthy and status.leader is None
+
+
+async def test_an_append_whose_answer_was_lost_is_not_written_twice(etcd: EtcdCluster) -> None:
+    """The first append transaction reaches etcd and commits, but its answer is dropped (as when a
+    member dies mid-request): the retry finds its own entries and adds none."""
+    async with sites(etcd.endpoints, ids=("a",)) as group:
+        node = group["a"].node
+        cluster = node._cluster
+        real_attempt = cluster.attempt
+        dropped: list[int] = []
+
+        def drop_first_answer(fn: Any, timeout_s: float) -> Any:
+            answer = real_attempt(fn, timeout_s)
+            if getattr(fn, "func", None) == node._try_append and not dropped:
+                dropped.append(fn.args[0])
+                raise etcd_module._Unavailable("the answer was lost")
+            return answer
+
+        cluster.attempt = drop_first_answer  # type: ignore[method-assign]
+        commands = [Note(f"lost-answer-{i}") for i in range(3)]
+        indexes = await asyncio.gather(*(node.propose(command, timeout_s=PROPOSE_S) for command in commands))
+        assert dropped, "no append answer was dropped"
+        assert sorted(indexes) == [1, 2, 3]
+        stored = stored_ids(etcd)
+        assert sorted(command_id for _, command_id in stored) == sorted(command.id for command in commands)
+        assert [index for index, _ in stored] == [1, 2, 3]
+        assert dict(zip((c.id for c in commands), indexes, strict=True)) == {cid: i for i, cid in stored}
