@@ -5,125 +5,23 @@ own swarm."""
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from api.launcher import SiteProcess
-from tests.conftest import CLIENT_KEY, OPERATOR_KEY, ROOT, TEST_SITE_ENV
-from tools.runtimes.base import free_port
-
-PEER_SECRET = "test-peer-secret-0123456789"
-OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
-CLIENT = {"Authorization": f"Bearer {CLIENT_KEY}"}
+from tests.support.swarm import CLIENT, OPERATOR, Swarm, eventually, running_swarms
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def eventually(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """The first truthy value of `predicate()`, polled every 0.2 s (a site that is restarting or
-    stopped counts as "not yet"); AssertionError naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            value, last = None, exc
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s:g} s: {what} (last error: {last!r})")
-
-
-@dataclass
-class Swarm:
-    sites: dict[str, SiteProcess]
-
-    def url(self, site_id: str) -> str:
-        return self.sites[site_id].url
-
-    def get(self, site_id: str, path: str, headers: dict[str, str] = OPERATOR) -> httpx.Response:
-        return httpx.get(f"{self.url(site_id)}{path}", headers=headers, timeout=10)
-
-    def post(self, site_id: str, path: str, body: Any, headers: dict[str, str] = OPERATOR) -> httpx.Response:
-        return httpx.post(f"{self.url(site_id)}{path}", json=body, headers=headers, timeout=20)
-
-    def view(self, site_id: str) -> dict[str, Any]:
-        response = self.get(site_id, "/v1/sites")
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def alive(self) -> list[str]:
-        return [sid for sid, site in self.sites.items() if site.proc is not None and site.proc.running]
-
-    def leader(self, among: list[str] | None = None) -> str:
-        """The leader every live site (or `among`) agrees on, once they do."""
-        ids = among or self.alive()
-
-        def agreed() -> str | None:
-            leaders = {self.view(sid)["leader"] for sid in ids}
-            leader = leaders.pop() if len(leaders) == 1 else None
-            return leader if leader in ids else None
-
-        leader: str = eventually(agreed, 30, f"one leader agreed on by {ids}")
-        return leader
-
-    def signal(self, site_id: str, sig: signal.Signals) -> None:
-        proc = self.sites[site_id].proc
-        assert proc is not None and proc.pid is not None
-        os.kill(proc.pid, sig)
-
-
-def _swarm_sites(base: Path, count: int = 3) -> dict[str, SiteProcess]:
-    ids = [f"site-{i}" for i in range(1, count + 1)]
-    api = {sid: free_port() for sid in ids}
-    raft = {sid: free_port() for sid in ids}
-    sites = {}
-    for sid in ids:
-        peers = ",".join(
-            f"{other}=http://127.0.0.1:{api[other]}@127.0.0.1:{raft[other]}" for other in ids if other != sid
-        )
-        sites[sid] = SiteProcess(
-            base / sid,
-            client_key=CLIENT_KEY,
-            operator_key=OPERATOR_KEY,
-            env={**TEST_SITE_ENV, "MEC_PEER_SECRET": PEER_SECRET},
-            args=["--site-id", sid, "--peers", peers, "--raft-port", str(raft[sid])],
-            port=api[sid],
-            cwd=ROOT,
-            name=sid,
-        )
-    return sites
-
-
 @pytest.fixture
-def swarm_factory(tmp_path: Path) -> Iterator[Callable[[], Swarm]]:
-    started: list[SiteProcess] = []
-
-    def start() -> Swarm:
-        sites = _swarm_sites(tmp_path / f"swarm{len(started)}")
-        for site in sites.values():
-            started.append(site)
-            site.launch()
-        for site in sites.values():
-            site.wait_ready(90)
-        return Swarm(sites)
-
-    try:
+def swarm_factory(tmp_path: Path) -> Iterator[Callable[..., Swarm]]:
+    with running_swarms(tmp_path) as start:
         yield start
-    finally:
-        for site in started:
-            if site.proc is not None and site.proc.pid is not None and site.proc.running:
-                os.kill(site.proc.pid, signal.SIGCONT)
-            site.stop()
 
 
 def _members(swarm: Swarm, site_id: str) -> set[str]:
@@ -149,7 +47,7 @@ def _request(service: str, payload: dict[str, Any], kind: str) -> dict[str, Any]
 
 
 def test_three_sites_elect_one_leader_and_apply_a_committed_placement_everywhere(
-    swarm_factory: Callable[[], Swarm],
+    swarm_factory: Callable[..., Swarm],
 ) -> None:
     swarm = swarm_factory()
     leader = swarm.leader()
@@ -175,10 +73,12 @@ def test_three_sites_elect_one_leader_and_apply_a_committed_placement_everywhere
 
 
 def test_a_request_no_local_instance_can_serve_goes_to_a_peer_once_with_the_same_answer(
-    swarm_factory: Callable[[], Swarm],
+    swarm_factory: Callable[..., Swarm],
 ) -> None:
     swarm = swarm_factory()
     swarm.leader()
+    # One replica (a 2-core site has room for one next to the other services), then all on site-2.
+    assert swarm.post("site-3", "/v1/services/inference/scale", {"replicas": 1}).status_code == 200
     moved = swarm.post("site-1", "/v1/services/inference/move", {"site": "site-2"})
     assert moved.status_code == 200, moved.text
     eventually(lambda: _instances(swarm, "site-1", "inference") == 0, 60, "site-1 stopped inference")
@@ -201,7 +101,7 @@ def test_a_request_no_local_instance_can_serve_goes_to_a_peer_once_with_the_same
 
 
 def test_peer_endpoints_refuse_unsigned_calls_and_every_bearer_key(
-    swarm_factory: Callable[[], Swarm],
+    swarm_factory: Callable[..., Swarm],
 ) -> None:
     swarm = swarm_factory()
     body = _request("sensor", {"sensor_id": "s", "value": 1}, "iot")
@@ -213,7 +113,7 @@ def test_peer_endpoints_refuse_unsigned_calls_and_every_bearer_key(
 
 
 def test_killing_the_leader_elects_another_and_a_restarted_site_catches_up(
-    swarm_factory: Callable[[], Swarm],
+    swarm_factory: Callable[..., Swarm],
 ) -> None:
     swarm = swarm_factory()
     leader = swarm.leader()
@@ -238,7 +138,7 @@ def test_killing_the_leader_elects_another_and_a_restarted_site_catches_up(
 
 
 def test_a_stopped_minority_cannot_commit_and_converges_when_it_comes_back(
-    swarm_factory: Callable[[], Swarm],
+    swarm_factory: Callable[..., Swarm],
 ) -> None:
     swarm = swarm_factory()
     leader = swarm.leader()
