@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.swarm import CLIENT, OPERATOR, Swarm, eventually, running_swarms
 
@@ -155,3 +157,37 @@ def test_a_stopped_minority_cannot_commit_and_converges_when_it_comes_back(
         "the healed site converged",
     )
     assert swarm.leader() == new_leader or swarm.leader() in majority
+
+
+def test_an_overloaded_site_sends_its_excess_to_peers_and_answers_every_request(
+    swarm_factory: Callable[..., Swarm],
+) -> None:
+    # Each instance takes one request at a time and none may queue: a burst at site-1 is more
+    # than its own sensor instance can take, and what it cannot take goes to its peers.
+    swarm = swarm_factory(env={"MEC_INSTANCE_CAPACITY": "1", "MEC_INSTANCE_QUEUE": "0"})
+    swarm.leader()
+    eventually(lambda: all(s["healthy"] for s in swarm.view("site-1")["sites"]), 30, "site-1 hears its peers")
+    bodies = [_request("sensor", {"sensor_id": f"s{i}", "value": i}, "iot") for i in range(40)]
+    with httpx.Client(base_url=swarm.url("site-1"), headers=CLIENT, timeout=20) as http:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda body: http.post("/v1/requests", json=body), bodies))
+    routes = [(a.status_code, a.json()["route"]["tier"], a.json()["route"]["site"]) for a in answers]
+    assert {status for status, _, _ in routes} <= {200, 503}, routes
+    served = [(tier, site) for status, tier, site in routes if status == 200]
+    assert any(tier == "peer" and site in ("site-2", "site-3") for tier, site in served), routes
+    assert all(site == "site-1" for tier, site in served if tier == "local"), routes
+
+    # The peers served what they got on their own instances or refused it: nothing went a second hop.
+    def forwarded_by(sid: str) -> float:
+        text = swarm.get(sid, "/metrics").text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "mec_requests_total"
+            and sample.labels.get("tier") == "peer"
+            and sample.labels.get("status") == "200"
+        )
+
+    assert forwarded_by("site-1") == sum(1 for tier, _ in served if tier == "peer")
+    assert forwarded_by("site-2") == forwarded_by("site-3") == 0
