@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ValidationError, ValueError) as exc:
             print(f"mec: invalid settings: {exc}", file=sys.stderr)
             return 2
+        if settings.peers and settings.workers > 1:
+            # The swarm node (consensus, gossip, peer API) lives in one process for now.
+            print("mec: a site with peers runs one front-door process; --workers is ignored", file=sys.stderr)
+            settings = settings.model_copy(update={"workers": 1})
         if settings.workers > 1:
             from api.supervisor import serve_with_workers
 
