@@ -81,8 +81,13 @@ class Swarm:
 def swarm_sites(base: Path, count: int = 3, env: Mapping[str, str] | None = None) -> dict[str, SiteProcess]:
     """`count` sites that know each other as peers, on free loopback ports, not started."""
     ids = [f"site-{i}" for i in range(1, count + 1)]
-    api = {sid: free_port() for sid in ids}
-    raft = {sid: free_port() for sid in ids}
+    ports: list[int] = []
+    while len(ports) < 2 * count:  # distinct: a port just freed can be handed out again
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    api = dict(zip(ids, ports[:count], strict=True))
+    raft = dict(zip(ids, ports[count:], strict=True))
     sites = {}
     for sid in ids:
         peers = ",".join(
