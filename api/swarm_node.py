@@ -196,14 +196,7 @@ class SwarmNode:
         if service not in self.settings.services:
             raise SiteError(404, "unknown_service", f"unknown service {service!r}", "service")
         if self.coordinator.is_coordinator():
-            try:
-                if action == "scale":
-                    command = await self.coordinator.scale(service, int(argument), CHANGE_TIMEOUT_S)
-                else:
-                    command = await self.coordinator.move(service, str(argument), CHANGE_TIMEOUT_S)
-            except (ConsensusError, PlacementError, ValueError) as exc:
-                raise placement_error(exc) from None
-            return dict(command.replicas)
+            return await self.decide(action, service, argument)
         leader = self.consensus.leader()
         address = None if leader is None else self.peers.get(leader)
         if leader is None or address is None:
@@ -229,6 +222,19 @@ class SwarmNode:
                 response.status, str(error.get("code", "failed")), f"leader {leader}: {error.get('message')}"
             )
         return {str(site): int(n) for site, n in answer["placement"].items()}
+
+    async def decide(self, action: str, service: str, argument: int | str) -> dict[str, int]:
+        """`change` as the coordinator: decided and committed here (409 `not_leader` otherwise)."""
+        if service not in self.settings.services:
+            raise SiteError(404, "unknown_service", f"unknown service {service!r}", "service")
+        try:
+            if action == "scale":
+                command = await self.coordinator.scale(service, int(argument), CHANGE_TIMEOUT_S)
+            else:
+                command = await self.coordinator.move(service, str(argument), CHANGE_TIMEOUT_S)
+        except (ConsensusError, PlacementError, ValueError) as exc:
+            raise placement_error(exc) from None
+        return dict(command.replicas)
 
     def leader_url(self) -> str | None:
         leader = self.consensus.leader()

@@ -15,15 +15,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import SiteError
 from api.deps import SiteDep
 from api.door import CLOCK_KEY, RequestClock
 from api.routes.client_requests import client_call, new_request_id, read_body, render
-from api.swarm_node import CHANGE_TIMEOUT_S, placement_error
-from swarm.consensus.base import ConsensusError
-from swarm.coordinator import PlacementError
 from swarm.peers import PeerCall, PeerSigner, peer_call
 
 router = APIRouter(prefix="/v1/peer", tags=["peers"], include_in_schema=False)
@@ -74,21 +71,17 @@ class MoveBody(BaseModel):
     site: str = Field(min_length=1, max_length=63, description="The site that runs every replica.")
 
 
-@router.post("/scale/{service}")
-async def peer_scale(service: str, body: ScaleBody, call: Peer, site: SiteDep) -> JSONResponse:
+@router.post("/{action}/{service}")
+async def peer_change(action: str, service: str, call: Peer, request: Request, site: SiteDep) -> JSONResponse:
+    """A placement change a peer forwarded to this site as the coordinator: decided here, or 409
+    `not_leader` (never forwarded on)."""
     assert site.swarm is not None
+    if action not in ("scale", "move"):
+        raise SiteError(404, "not_found", f"no peer action {action!r}")
     try:
-        command = await site.swarm.coordinator.scale(service, body.replicas, CHANGE_TIMEOUT_S)
-    except (ConsensusError, PlacementError, ValueError) as exc:
-        raise placement_error(exc) from None
-    return JSONResponse({"service": command.service, "placement": command.replicas, "id": command.id})
-
-
-@router.post("/move/{service}")
-async def peer_move(service: str, body: MoveBody, call: Peer, site: SiteDep) -> JSONResponse:
-    assert site.swarm is not None
-    try:
-        command = await site.swarm.coordinator.move(service, body.site, CHANGE_TIMEOUT_S)
-    except (ConsensusError, PlacementError, ValueError) as exc:
-        raise placement_error(exc) from None
-    return JSONResponse({"service": command.service, "placement": command.replicas, "id": command.id})
+        body = (ScaleBody if action == "scale" else MoveBody).model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise SiteError(422, "invalid_field", str(exc.errors()[0].get("msg")), "body") from None
+    argument = body.replicas if isinstance(body, ScaleBody) else body.site
+    placement = await site.swarm.decide(action, service, argument)
+    return JSONResponse({"service": service, "placement": placement})

@@ -11,6 +11,7 @@ from api.auth import require
 from api.deps import SiteDep
 from api.routes.peers import MoveBody, ScaleBody
 from api.schemas import error_responses
+from api.site import Site
 
 router = APIRouter(prefix="/v1", tags=["swarm"])
 
@@ -57,10 +58,7 @@ async def scale_service(name: str, body: ScaleBody, site: SiteDep) -> JSONRespon
                 "decided_by": site.settings.site_id,
             }
         )
-    placement = await site.swarm.change("scale", name, body.replicas)
-    return JSONResponse(
-        {"service": name, "placement": placement, "decided_by": site.swarm.consensus.leader()}
-    )
+    return await _changed(site, "scale", name, body.replicas)
 
 
 @router.post(
@@ -72,7 +70,13 @@ async def scale_service(name: str, body: ScaleBody, site: SiteDep) -> JSONRespon
 async def move_service(name: str, body: MoveBody, site: SiteDep) -> JSONResponse:
     if site.swarm is None:
         raise SiteError(409, "no_swarm", "this site has no peers to move a service between")
-    placement = await site.swarm.change("move", name, body.site)
+    return await _changed(site, "move", name, body.site)
+
+
+async def _changed(site: Site, action: str, service: str, argument: int | str) -> JSONResponse:
+    """The committed placement after a change, and the coordinator that decided it."""
+    assert site.swarm is not None
+    placement = await site.swarm.change(action, service, argument)
     return JSONResponse(
-        {"service": name, "placement": placement, "decided_by": site.swarm.consensus.leader()}
+        {"service": service, "placement": placement, "decided_by": site.swarm.consensus.leader()}
     )
