@@ -72,9 +72,10 @@ class Reconciler:
     # -- what this site should run ---------------------------------------------------------
 
     def targets(self) -> dict[str, int]:
-        """Replicas this site should run of each service: its share of the placement of every
-        decided service, its configured replicas of every other configured service."""
-        wanted = {name: svc.replicas for name, svc in self.services.items()}
+        """Replicas this site should run of each service the swarm has decided: its share of the
+        placement. Services the swarm has not decided are left as they are (the site started them
+        with its configured replicas, and an operator may scale them on this site alone)."""
+        wanted: dict[str, int] = {}
         clamped: dict[str, int] = {}
         for service, replicas in self.state.site_placement(self.site_id).items():
             configured = self.services.get(service)

@@ -56,6 +56,10 @@ def test_three_sites_elect_one_leader_and_apply_a_committed_placement_everywhere
     everyone = set(swarm.sites)
     eventually(lambda: all(_members(swarm, sid) == everyone for sid in swarm.sites), 30, "all joined")
     follower = next(sid for sid in swarm.sites if sid != leader)
+    asked = swarm.post(follower, "/v1/chat", {"message": "which site is the leader?"})
+    assert asked.status_code == 200, asked.text
+    assert [call["name"] for call in asked.json()["tool_calls"]] == ["swarm_ops"]
+    assert leader in asked.json()["reply"]
     answer = swarm.post(follower, "/v1/services/sensor/scale", {"replicas": 2})
     assert answer.status_code == 200, answer.text
     assert answer.json()["decided_by"] == leader
