@@ -7,7 +7,10 @@ SIGSTOP/SIGCONT for a partition of one) and always kills every process it starte
 (or at the end of a `with` block). Every wait polls up to a deadline.
 
 A backend is a subclass that says how its nodes are started (`node_args`), registered in
-`CLUSTERS` under the harness's backend name; `open_cluster` picks it.
+`CLUSTERS` under the harness's backend name; `open_cluster` picks it. `EtcdNodeCluster` also
+starts (and kills) a 3-member etcd cluster of its own (`tests.integration.etcd_cluster`): its
+node processes are etcd's clients, so killing the leader node kills the process that holds the
+leader lease, while etcd stays up (`etcd.kill(i)` fails a member).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
 from api.launcher import ChildProcess
+from tests.integration.etcd_cluster import EtcdCluster, etcd_binary
 from tools.runtimes.base import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,7 +342,54 @@ class Cluster:
         return poll(same, f"nodes {members} applied the same log", timeout_s)[0]
 
 
-CLUSTERS: dict[str, type[Cluster]] = {"embedded": Cluster}
+class EtcdNodeCluster(Cluster):
+    """Node processes of the etcd backend over an etcd cluster of their own on loopback.
+
+    `start()` starts the etcd members first (fast election: leases of 1 s are allowed), then the
+    nodes, node i with the members' endpoints rotated to start at member i; `close()` kills the
+    nodes, then the members, by pid. A killed node's leadership passes on once its lease
+    (`lease_ttl_s`) expires; a node stopped by SIGTERM revokes it at once.
+    """
+
+    backend: ClassVar[str] = "etcd"
+
+    def __init__(
+        self,
+        root: Path,
+        ids: Sequence[str] = ("a", "b", "c"),
+        *,
+        lease_ttl_s: int = 1,
+        etcd_members: int = 3,
+        extra_args: Sequence[str] = (),
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> None:
+        super().__init__(root, ids, extra_args=extra_args, ready_timeout_s=ready_timeout_s)
+        binary = etcd_binary()
+        if binary is None:
+            raise RuntimeError("etcd is not installed (apt-get install etcd-server)")
+        self.lease_ttl_s = lease_ttl_s
+        self.etcd = EtcdCluster(binary, root / "etcd", etcd_members)
+
+    def node_args(self, node: Node) -> list[str]:
+        endpoints = self.etcd.endpoints
+        first = self.ids.index(node.id) % len(endpoints)
+        rotated = [*endpoints[first:], *endpoints[:first]]
+        return ["--etcd-endpoints", ",".join(rotated), "--etcd-lease-ttl", str(self.lease_ttl_s)]
+
+    def start(self) -> Self:
+        """Start the etcd members (until each is healthy), then every node."""
+        self.etcd.start()
+        return super().start()
+
+    def close(self) -> None:
+        """Kill every node process, then every etcd member, by pid."""
+        try:
+            super().close()
+        finally:
+            self.etcd.close()
+
+
+CLUSTERS: dict[str, type[Cluster]] = {"embedded": Cluster, "etcd": EtcdNodeCluster}
 """Harness backend name -> the Cluster that starts its nodes."""
 
 
