@@ -62,6 +62,7 @@ class Node:
     data_dir: Path
     proc: ChildProcess | None = None
     paused: bool = False
+    terminating: bool = False
     starts: int = 0
 
     @property
@@ -76,9 +77,10 @@ class Node:
 class Cluster:
     """Node processes of one backend; `start()` them, then inflict failures and read their state.
 
-    Its methods take node ids. `kill` is SIGKILL, `restart` starts a killed node again on the same
-    ports and data dir, `stop`/`cont` are SIGSTOP/SIGCONT (the node keeps its sockets but answers
-    nothing: a partition of one). `live()` lists the nodes that run and are not stopped.
+    Its methods take node ids. `kill` is SIGKILL, `terminate` is SIGTERM (a clean stop), `restart`
+    starts a killed or terminated node again on the same ports and data dir, `stop`/`cont` are
+    SIGSTOP/SIGCONT (the node keeps its sockets but answers nothing: a partition of one). `live()`
+    lists the nodes that run and are neither stopped nor terminating.
     """
 
     backend: ClassVar[str] = "embedded"
@@ -137,6 +139,9 @@ class Cluster:
     def launch(self, node_id: str) -> None:
         """Start the node's process without waiting for it."""
         node = self.nodes[node_id]
+        if node.terminating and node.proc is not None:
+            node.proc.stop()  # wait for the clean stop `terminate` asked for
+            node.terminating = False
         if node.running:
             raise RuntimeError(f"node {node_id} runs already")
         if node.proc is not None:
@@ -168,10 +173,18 @@ class Cluster:
         node = self.nodes[node_id]
         assert node.proc is not None
         node.proc.kill()
-        node.paused = False
+        node.paused = node.terminating = False
+
+    def terminate(self, node_id: str) -> None:
+        """SIGTERM: the node stops its backend cleanly (etcd: revokes its lease) and exits; this
+        returns at once (`restart` waits for the exit)."""
+        node = self.nodes[node_id]
+        assert node.proc is not None and node.running and not node.paused
+        node.proc.send_signal(signal.SIGTERM)
+        node.terminating = True
 
     def restart(self, node_id: str) -> None:
-        """Start a killed node again (same ports, same data dir) and wait until it serves."""
+        """Start a killed (or terminated) node again (same ports, same data dir) and wait until it serves."""
         self.launch(node_id)
         self.wait_ready(node_id)
 
@@ -190,8 +203,12 @@ class Cluster:
         node.paused = False
 
     def live(self) -> list[str]:
-        """The nodes that run and are not stopped."""
-        return [node.id for node in self.nodes.values() if node.running and not node.paused]
+        """The nodes that run and are neither stopped nor terminating."""
+        return [
+            node.id
+            for node in self.nodes.values()
+            if node.running and not node.paused and not node.terminating
+        ]
 
     def close(self) -> None:
         """Kill every node process by pid (continuing stopped ones first) and reap it."""
@@ -203,7 +220,7 @@ class Cluster:
                     node.proc.send_signal(signal.SIGCONT)
                 node.proc.kill()
             node.proc.stop()
-            node.paused = False
+            node.paused = node.terminating = False
 
     def __enter__(self) -> Self:
         return self
