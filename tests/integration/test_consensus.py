@@ -33,7 +33,7 @@ import pytest
 from swarm.commands import Command, Note, new_command_id
 from swarm.consensus.base import Applier, ConsensusError
 from swarm.consensus.embedded import EmbeddedConsensus
-from tests.integration.consensus_cluster import Cluster, open_cluster, poll
+from tests.integration.consensus_cluster import Cluster, EtcdNodeCluster, open_cluster, poll
 from tests.integration.etcd_cluster import etcd_binary
 from tools.runtimes.base import free_port
 
@@ -66,15 +66,35 @@ def others(cluster: Cluster, *nodes: str) -> list[str]:
     return [node for node in cluster.ids if node not in nodes]
 
 
-def commit(cluster: Cluster, node: str, text: str) -> dict[str, Any]:
+@dataclass
+class History:
+    """What the client saw: acknowledged ids (with their index), attempts per id, ids given up."""
+
+    acked: dict[str, int] = field(default_factory=dict)
+    attempts: Counter[str] = field(default_factory=Counter)
+    given_up: set[str] = field(default_factory=set)
+    answers: Counter[int] = field(default_factory=Counter)
+
+    def has_acked(self, count: int) -> bool:
+        return len(self.acked) >= count
+
+
+def commit(cluster: Cluster, node: str, text: str, history: History | None = None) -> dict[str, Any]:
     """Propose through `node` and insist that it commits (retrying the same id while the
-    cluster settles, e.g. right after an election)."""
+    cluster settles, e.g. right after an election); each attempt and the answer go into
+    `history`, if given."""
     command_id = new_command_id()
     answers: list[tuple[int, dict[str, Any]]] = []
 
     def attempt() -> dict[str, Any] | None:
+        if history is not None:
+            history.attempts[command_id] += 1
         code, body = cluster.propose(node, text, id=command_id)
         answers.append((code, body))
+        if history is not None:
+            history.answers[code] += 1
+            if code == 200:
+                history.acked[command_id] = int(body["index"])
         return body if code == 200 else None
 
     try:
@@ -157,19 +177,6 @@ def test_a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost(cluster: C
     assert cluster.sequence(old) == sequence
 
 
-@dataclass
-class History:
-    """What the client saw: acknowledged ids (with their index), attempts per id, ids given up."""
-
-    acked: dict[str, int] = field(default_factory=dict)
-    attempts: Counter[str] = field(default_factory=Counter)
-    given_up: set[str] = field(default_factory=set)
-    answers: Counter[int] = field(default_factory=Counter)
-
-    def has_acked(self, count: int) -> bool:
-        return len(self.acked) >= count
-
-
 def stream_proposals(cluster: Cluster, stop: threading.Event, history: History) -> None:
     """Propose one command after another to a random live node; on a 503 or no answer, retry the
     same command id (on any node) until it is acknowledged or the stream stops."""
@@ -226,6 +233,18 @@ def test_history_under_repeated_leader_kills(cluster: Cluster, kills: int) -> No
         client.join(LEADER_TIMEOUT_S)
     assert not client.is_alive()
 
+    twice = check_history(cluster, history)
+    print(
+        f"{kills} leader kills: {len(history.acked)} acknowledged, {len(history.given_up)} given up, "
+        f"{sum(history.attempts.values())} attempts {dict(history.answers)}, {twice} committed twice "
+        f"(retries), failovers {min(failovers):.2f}-{max(failovers):.2f} s"
+    )
+
+
+def check_history(cluster: Cluster, history: History) -> int:
+    """Once every node has applied the same log: nothing acknowledged is lost or at another index,
+    nothing unproposed is in it, a command is in it twice only if it was retried, and each node's
+    state machine kept every command once. How many were in it twice."""
     sequence = cluster.converged(cluster.ids, CONVERGE_TIMEOUT_S)
     indexes = [index for index, _ in sequence]
     assert indexes == sorted(set(indexes)), "indexes must strictly grow"
@@ -241,11 +260,7 @@ def test_history_under_repeated_leader_kills(cluster: Cluster, kills: int) -> No
     for node in cluster.ids:  # the state machine (the harness) dedupes by id, the same on every node
         kept = [e["id"] for e in cluster.applied(node) if not e["duplicate"]]
         assert len(kept) == len(set(kept)) == len(occurrences)
-    print(
-        f"{kills} leader kills: {len(history.acked)} acknowledged, {len(history.given_up)} given up, "
-        f"{sum(history.attempts.values())} attempts {dict(history.answers)}, {len(twice)} committed twice "
-        f"(retries), failovers {min(failovers):.2f}-{max(failovers):.2f} s"
-    )
+    return len(twice)
 
 
 def test_a_partitioned_minority_cannot_commit_and_the_majority_goes_on(cluster: Cluster) -> None:
@@ -321,6 +336,44 @@ def test_a_proposal_during_failover_commits_once_or_fails_cleanly(cluster: Clust
         cluster.restart(old)
         assert cluster.converged(cluster.ids, CONVERGE_TIMEOUT_S)[: len(sequence)] == sequence
     print(f"answers to proposals sent during a failover: {Counter(outcomes)}")
+
+
+@pytest.mark.integration
+def test_etcd_nodes_ride_out_a_killed_etcd_member(tmp_path: Path) -> None:
+    """The etcd backend's own failure: an etcd member (node a's first endpoint) is SIGKILLed while
+    a client streams proposals to the node processes, and restarted; the history holds as under
+    leader kills, and every node commits through the members left."""
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed (apt-get install etcd-server)")
+    with open_cluster("etcd", tmp_path) as cluster:
+        assert isinstance(cluster, EtcdNodeCluster)
+        cluster.start()
+        cluster.leader(timeout_s=LEADER_TIMEOUT_S)
+        history = History()
+        stop = threading.Event()
+        client = threading.Thread(
+            target=stream_proposals, args=(cluster, stop, history), name="client", daemon=True
+        )
+        client.start()
+        try:
+            poll(partial(history.has_acked, 3), "commits before the member is killed", LEADER_TIMEOUT_S)
+            cluster.etcd.kill(0)
+            acked = [commit(cluster, node, f"member killed {node}", history)["id"] for node in cluster.ids]
+            poll(partial(history.has_acked, len(history.acked) + 3), "commits meanwhile", LEADER_TIMEOUT_S)
+            cluster.etcd.restart(0)
+            acked += [commit(cluster, node, f"member back {node}", history)["id"] for node in cluster.ids]
+            poll(partial(history.has_acked, len(history.acked) + 3), "commits after it", LEADER_TIMEOUT_S)
+        finally:
+            stop.set()
+            client.join(LEADER_TIMEOUT_S)
+        assert not client.is_alive()
+        twice = check_history(cluster, history)
+        assert set(acked) <= set(history.acked)
+        cluster.leader(timeout_s=LEADER_TIMEOUT_S)
+        print(
+            f"an etcd member killed and restarted: {len(history.acked)} acknowledged, "
+            f"{sum(history.attempts.values())} attempts {dict(history.answers)}, {twice} committed twice"
+        )
 
 
 def test_embedded_catches_up_from_compacted_logs_and_snapshots(tmp_path: Path) -> None:
