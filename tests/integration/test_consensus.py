@@ -290,9 +290,11 @@ def test_a_partitioned_minority_cannot_commit_and_the_majority_goes_on(cluster: 
     ids = ids_of(sequence)
     assert [c for c in unique_ids(sequence) if c != old_leader_id] == acked
     if code == 200:
-        assert (body["index"], old_leader_id) in sequence
+        assert (body["index"], old_leader_id) in sequence and ids.count(old_leader_id) == 1
     else:
         assert ids.count(old_leader_id) <= 1
+    if old_leader_id in ids:  # proposed after every acknowledged one: it comes after them
+        assert ids.index(old_leader_id) > max(ids.index(c) for c in acked)
     now = cluster.leader(timeout_s=LEADER_TIMEOUT_S)
     assert poll(lambda: (cluster.status(leader) or {}).get("leader") == now, f"{leader} follows {now}", 15)
     print(f"the old leader {leader} answered {code} {body}")
