@@ -38,7 +38,9 @@ creator's lease: its holder leads; `term` is the key's create revision, so it on
 on the leader key wakes the others as soon as it goes (a clean `stop()` revokes the lease, so
 failover is one round trip); a crashed leader's key goes when its lease expires (ttl + up to 0.5 s
 of etcd's expiry scan). A leader that cannot renew its lease stops calling itself leader once the
-lease may have run out (its deadline counts from when the last renewal was *sent*).
+lease may have run out (its deadline counts from when the last renewal was *sent*). A node that
+restarts before its crashed run's lease expired finds its own id in the leader key, on that old
+lease: it names no leader (it would forward to itself) until the key goes, then campaigns.
 
 Threads: the follower, the session (lease, leader, members) and the appender; every
 call to etcd has a timeout (`request_timeout_s`, at most the time a proposal has left) and the
@@ -546,10 +548,13 @@ class EtcdConsensus:
                     del self._waiters[index]
 
     def leader(self) -> str | None:
-        """The node id in the leader key as last read, None when there is none or the last read is
-        older than a lease."""
+        """The node id in the leader key as last read, None when there is none, when the last read
+        is older than a lease, or when the key names this node on a lease that is not its own (a
+        previous run of this node that crashed: the key goes when that lease expires)."""
         with self._lock:
             if self._leader is None or time.monotonic() - self._leader_seen_at > self._ttl_s:
+                return None
+            if self._leader == self.node_id and self._leader_lease != self._lease_id:
                 return None
             return self._leader
 

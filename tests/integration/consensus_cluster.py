@@ -7,7 +7,10 @@ SIGSTOP/SIGCONT for a partition of one) and always kills every process it starte
 (or at the end of a `with` block). Every wait polls up to a deadline.
 
 A backend is a subclass that says how its nodes are started (`node_args`), registered in
-`CLUSTERS` under the harness's backend name; `open_cluster` picks it.
+`CLUSTERS` under the harness's backend name; `open_cluster` picks it. `EtcdNodeCluster` also
+starts (and kills) a 3-member etcd cluster of its own (`tests.integration.etcd_cluster`): its
+node processes are etcd's clients, so killing the leader node kills the process that holds the
+leader lease, while etcd stays up (`etcd.kill(i)` fails a member).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
 from api.launcher import ChildProcess
+from tests.integration.etcd_cluster import EtcdCluster, etcd_binary
 from tools.runtimes.base import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +62,7 @@ class Node:
     data_dir: Path
     proc: ChildProcess | None = None
     paused: bool = False
+    terminating: bool = False
     starts: int = 0
 
     @property
@@ -72,9 +77,10 @@ class Node:
 class Cluster:
     """Node processes of one backend; `start()` them, then inflict failures and read their state.
 
-    Its methods take node ids. `kill` is SIGKILL, `restart` starts a killed node again on the same
-    ports and data dir, `stop`/`cont` are SIGSTOP/SIGCONT (the node keeps its sockets but answers
-    nothing: a partition of one). `live()` lists the nodes that run and are not stopped.
+    Its methods take node ids. `kill` is SIGKILL, `terminate` is SIGTERM (a clean stop), `restart`
+    starts a killed or terminated node again on the same ports and data dir, `stop`/`cont` are
+    SIGSTOP/SIGCONT (the node keeps its sockets but answers nothing: a partition of one). `live()`
+    lists the nodes that run and are neither stopped nor terminating.
     """
 
     backend: ClassVar[str] = "embedded"
@@ -133,6 +139,9 @@ class Cluster:
     def launch(self, node_id: str) -> None:
         """Start the node's process without waiting for it."""
         node = self.nodes[node_id]
+        if node.terminating and node.proc is not None:
+            node.proc.stop()  # wait for the clean stop `terminate` asked for
+            node.terminating = False
         if node.running:
             raise RuntimeError(f"node {node_id} runs already")
         if node.proc is not None:
@@ -164,10 +173,18 @@ class Cluster:
         node = self.nodes[node_id]
         assert node.proc is not None
         node.proc.kill()
-        node.paused = False
+        node.paused = node.terminating = False
+
+    def terminate(self, node_id: str) -> None:
+        """SIGTERM: the node stops its backend cleanly (etcd: revokes its lease) and exits; this
+        returns at once (`restart` waits for the exit)."""
+        node = self.nodes[node_id]
+        assert node.proc is not None and node.running and not node.paused
+        node.proc.send_signal(signal.SIGTERM)
+        node.terminating = True
 
     def restart(self, node_id: str) -> None:
-        """Start a killed node again (same ports, same data dir) and wait until it serves."""
+        """Start a killed (or terminated) node again (same ports, same data dir) and wait until it serves."""
         self.launch(node_id)
         self.wait_ready(node_id)
 
@@ -186,8 +203,12 @@ class Cluster:
         node.paused = False
 
     def live(self) -> list[str]:
-        """The nodes that run and are not stopped."""
-        return [node.id for node in self.nodes.values() if node.running and not node.paused]
+        """The nodes that run and are neither stopped nor terminating."""
+        return [
+            node.id
+            for node in self.nodes.values()
+            if node.running and not node.paused and not node.terminating
+        ]
 
     def close(self) -> None:
         """Kill every node process by pid (continuing stopped ones first) and reap it."""
@@ -199,7 +220,7 @@ class Cluster:
                     node.proc.send_signal(signal.SIGCONT)
                 node.proc.kill()
             node.proc.stop()
-            node.paused = False
+            node.paused = node.terminating = False
 
     def __enter__(self) -> Self:
         return self
@@ -338,7 +359,54 @@ class Cluster:
         return poll(same, f"nodes {members} applied the same log", timeout_s)[0]
 
 
-CLUSTERS: dict[str, type[Cluster]] = {"embedded": Cluster}
+class EtcdNodeCluster(Cluster):
+    """Node processes of the etcd backend over an etcd cluster of their own on loopback.
+
+    `start()` starts the etcd members first (fast election: leases of 1 s are allowed), then the
+    nodes, node i with the members' endpoints rotated to start at member i; `close()` kills the
+    nodes, then the members, by pid. A killed node's leadership passes on once its lease
+    (`lease_ttl_s`) expires; a node stopped by SIGTERM revokes it at once.
+    """
+
+    backend: ClassVar[str] = "etcd"
+
+    def __init__(
+        self,
+        root: Path,
+        ids: Sequence[str] = ("a", "b", "c"),
+        *,
+        lease_ttl_s: int = 1,
+        etcd_members: int = 3,
+        extra_args: Sequence[str] = (),
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> None:
+        super().__init__(root, ids, extra_args=extra_args, ready_timeout_s=ready_timeout_s)
+        binary = etcd_binary()
+        if binary is None:
+            raise RuntimeError("etcd is not installed (apt-get install etcd-server)")
+        self.lease_ttl_s = lease_ttl_s
+        self.etcd = EtcdCluster(binary, root / "etcd", etcd_members)
+
+    def node_args(self, node: Node) -> list[str]:
+        endpoints = self.etcd.endpoints
+        first = self.ids.index(node.id) % len(endpoints)
+        rotated = [*endpoints[first:], *endpoints[:first]]
+        return ["--etcd-endpoints", ",".join(rotated), "--etcd-lease-ttl", str(self.lease_ttl_s)]
+
+    def start(self) -> Self:
+        """Start the etcd members (until each is healthy), then every node."""
+        self.etcd.start()
+        return super().start()
+
+    def close(self) -> None:
+        """Kill every node process, then every etcd member, by pid."""
+        try:
+            super().close()
+        finally:
+            self.etcd.close()
+
+
+CLUSTERS: dict[str, type[Cluster]] = {"embedded": Cluster, "etcd": EtcdNodeCluster}
 """Harness backend name -> the Cluster that starts its nodes."""
 
 

@@ -3,6 +3,8 @@
     python -m tests.support.consensus_node --backend embedded --id a --raft 127.0.0.1:7001 \\
         --partner b=127.0.0.1:7002 --partner c=127.0.0.1:7003 --data-dir DIR \\
         --http-port 8001 --password SECRET
+    python -m tests.support.consensus_node --backend etcd --id a --data-dir DIR --http-port 8001 \\
+        --etcd-endpoints http://127.0.0.1:2379,http://127.0.0.1:22379 --etcd-lease-ttl 1
 
 It runs one backend node (`build_backend`) on an asyncio loop with a tiny state machine: the
 applied log, kept in memory and appended to `DIR/applied.log` (one JSON line per entry, flushed;
@@ -79,7 +81,21 @@ def _embedded(args: argparse.Namespace, applier: Applier) -> Consensus:
     )
 
 
-BACKENDS: dict[str, Callable[[argparse.Namespace, Applier], Consensus]] = {"embedded": _embedded}
+def _etcd(args: argparse.Namespace, applier: Applier) -> Consensus:
+    from swarm.consensus.etcd import EtcdConsensus
+
+    endpoints = [url.strip() for url in args.etcd_endpoints.split(",") if url.strip()]
+    if not endpoints:
+        raise SystemExit("--backend etcd needs --etcd-endpoints")
+    return EtcdConsensus(
+        args.id, endpoints, applier, prefix=args.etcd_prefix, lease_ttl_s=args.etcd_lease_ttl
+    )
+
+
+BACKENDS: dict[str, Callable[[argparse.Namespace, Applier], Consensus]] = {
+    "embedded": _embedded,
+    "etcd": _etcd,
+}
 """Backend name -> builder from the parsed flags (add one here, with its flags in `parser()`)."""
 
 
@@ -112,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
         "--compaction-entries", type=int, default=5000, help="embedded: compact the log this often"
     )
     p.add_argument("--keepalive", type=float, default=0.25, help="embedded: link keepalive period (0: off)")
+    p.add_argument("--etcd-endpoints", default="", help="etcd: comma-separated etcd client URLs")
+    p.add_argument("--etcd-prefix", default="/mec", help="etcd: the swarm's key prefix")
+    p.add_argument("--etcd-lease-ttl", type=int, default=2, help="etcd: the node's lease TTL in seconds")
     return p
 
 
