@@ -71,17 +71,24 @@ import collections
 import contextlib
 import inspect
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from pysyncobj.transport import TCPTransport
-
 from swarm.commands import Command, command_from_json, to_json
 from swarm.consensus.base import Applier, ConsensusError, ConsensusStatus, NotLeaderError
+
+# pysyncobj's `win_inet_pton` (imported by its TCP layer) replaces `socket.inet_ntop` for the
+# whole process with a Windows-only function, on every platform: every later caller (psutil's
+# connection listing, asyncio's address formatting) would raise. Keep the real one.
+_INET_NTOP, _INET_PTON = socket.inet_ntop, socket.inet_pton
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
+from pysyncobj.transport import TCPTransport  # noqa: E402
+
+socket.inet_ntop, socket.inet_pton = _INET_NTOP, _INET_PTON
 
 logger = logging.getLogger(__name__)
 
