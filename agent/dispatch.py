@@ -279,13 +279,35 @@ class Dispatcher:
                 outcome = await self._call_once_per_key(job, cache_key)
             else:
                 outcome = await self._call_instance(job)
-        elif decision.tier == "peer" and decision.peer is not None and self.forwarder is not None:
-            sent = time.perf_counter()
-            outcome = await self.forwarder.forward(call, decision.peer, deadline)
-            timings["peer"] = _ms(sent, time.perf_counter())
+            if outcome.tier == "reject" and outcome.status == 503 and not call.forwarded:
+                # The instance's gate refused it before anything was sent (its queue was full, or
+                # standing): a peer with room may still answer within what is left.
+                peer = self._peer_for(view, service.name, deadline)
+                if peer is not None:
+                    outcome = await self._forward(call, peer, deadline, timings)
+        elif decision.tier == "peer" and decision.peer is not None:
+            outcome = await self._forward(call, decision.peer, deadline, timings)
         else:
             outcome = self._reject(service.name, decision)
         return self._finish(arrived, deadline, timings, outcome, cacheable=cache_key is not None)
+
+    def _peer_for(self, view: View, service: str, deadline: float) -> PeerChoice | None:
+        """A peer for a request the local instances refused, if the swarm has one in time."""
+        if self.forwarder is None or view.choose_peer is None:
+            return None
+        left_ms = (deadline - time.perf_counter()) * 1000
+        return view.choose_peer(service, left_ms) if left_ms > 0 else None
+
+    async def _forward(
+        self, call: ClientCall, peer: PeerChoice, deadline: float, timings: dict[str, float]
+    ) -> Outcome:
+        if self.forwarder is None:
+            error = SiteError(503, "no_capacity", "no peer is configured", retry_after_s=1)
+            return Outcome.failed(error, call.service)
+        sent = time.perf_counter()
+        outcome = await self.forwarder.forward(call, peer, deadline)
+        timings["peer"] = _ms(sent, time.perf_counter())
+        return outcome
 
     async def _call_once_per_key(self, job: _Job, cache_key: str) -> Outcome:
         """A cacheable miss: concurrent misses of one key share one upstream call (no stampede).

@@ -14,7 +14,7 @@ from agent.admission import Admission, AdmissionSettings
 from agent.dispatch import ClientCall, Dispatcher, Outcome, canonical_json, derive_cache_key
 from agent.inflight import LocalLoadCounters
 from agent.upstream import UpstreamPool
-from agent.view import ServiceView, View
+from agent.view import PeerChoice, ServiceView, View
 from tests.support.workloads import ScriptedWorkload, StaticRuntime, instance_for
 from tools.cache_manager import CacheManager
 from tools.caches.memory import MemoryCache
@@ -48,13 +48,36 @@ class Rig:
         )
 
 
+class PeerSite:
+    """The swarm as the dispatcher sees it, at its edge: a balancer that always offers `site-p`,
+    and a peer that answers every forwarded call (the peer itself is another process in a swarm:
+    tests/e2e/test_swarm.py)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, float]] = []
+        self.forwarded: list[ClientCall] = []
+
+    def __call__(self, service: str, budget_ms: float) -> PeerChoice | None:
+        self.asked.append((service, budget_ms))
+        return PeerChoice("site-p", "127.0.0.1", 1, predicted_ms=1.0, reason="test peer")
+
+    async def forward(self, call: ClientCall, peer: PeerChoice, deadline: float) -> Outcome:
+        self.forwarded.append(call)
+        return Outcome(200, call.service, "peer", "p-1", result_json=b'{"from":"peer"}', site=peer.site_id)
+
+
 @pytest.fixture
 async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
     opened: list[ScriptedWorkload] = []
     pools: list[UpstreamPool] = []
 
     async def make(
-        healthy: int = 1, dead_first: bool = False, service: str = "svc", limit: int = 8, queue: int = 8
+        healthy: int = 1,
+        dead_first: bool = False,
+        service: str = "svc",
+        limit: int = 8,
+        queue: int = 8,
+        peer: PeerSite | None = None,
     ) -> Rig:
         instances = []
         workloads = []
@@ -75,9 +98,9 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
 
         def view_for(name: str) -> View:
             ready = runtime.ready_instances(name)
-            return View("site-t", SERVICES, {name: ready}, admission.loads(ready), False, 1)
+            return View("site-t", SERVICES, {name: ready}, admission.loads(ready), False, 1, choose_peer=peer)
 
-        dispatcher = Dispatcher(view_for, cache, runtime, RequestLog(), pool, admission)
+        dispatcher = Dispatcher(view_for, cache, runtime, RequestLog(), pool, admission, forwarder=peer)
         return Rig(dispatcher, runtime, cache, workloads)
 
     try:
@@ -305,3 +328,37 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)
+
+
+async def test_a_request_no_local_instance_has_room_for_goes_to_the_peer_the_balancer_offers(
+    make_rig,
+) -> None:
+    peer = PeerSite()
+    rig = await make_rig(service="plain", limit=1, queue=0, peer=peer)
+    held = asyncio.create_task(rig.serve({"mode": "hold"}, service="plain"))
+    await _until(lambda: rig.workloads[0].calls == 1)
+    served = await rig.serve({"q": 1}, service="plain")
+    assert (served.status, served.tier, served.site, served.result_json) == (
+        200,
+        "peer",
+        "site-p",
+        b'{"from":"peer"}',
+    )
+    assert "peer" in served.timings_ms and rig.workloads[0].calls == 1
+    assert [call.payload for call in peer.forwarded] == [{"q": 1}]
+    assert peer.asked and peer.asked[0][0] == "plain" and 0 < peer.asked[0][1] <= 2000
+    rig.workloads[0].release.set()
+    assert (await held).tier == "local"
+
+
+async def test_a_request_a_peer_forwarded_here_is_refused_never_forwarded_again(make_rig) -> None:
+    peer = PeerSite()
+    rig = await make_rig(service="plain", limit=1, queue=0, peer=peer)
+    held = asyncio.create_task(rig.serve({"mode": "hold"}, service="plain"))
+    await _until(lambda: rig.workloads[0].calls == 1)
+    refused = await rig.serve({"q": 1}, service="plain", forwarded=True)
+    assert (refused.status, refused.tier) == (503, "reject")
+    assert refused.error is not None and "not forwarded again" in refused.error.message
+    assert peer.forwarded == [] and peer.asked == []
+    rig.workloads[0].release.set()
+    await held
