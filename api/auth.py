@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, cast
 
 from fastapi import Request, Security
@@ -49,6 +52,14 @@ class KeyRing:
     def scopes(self, key: str) -> frozenset[Scope] | None:
         principal = self.principal(key)
         return None if principal is None else principal.scopes
+
+
+def write_private_json(path: Path, data: Mapping[str, str]) -> None:
+    """Write keys as JSON readable by the owner only, whatever mode the file had before."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)
+        json.dump(dict(data), out)
 
 
 def generate_key(prefix: str) -> str:

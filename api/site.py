@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from agent.inflight import LoadCounters, LocalLoadCounters
 from agent.models.build import build_chat_model
 from agent.upstream import UpstreamPool
 from agent.view import ServiceView, View
-from api.auth import KeyRing, generate_key
+from api.auth import KeyRing, generate_key, write_private_json
 from api.door import FrontDoor
 from api.swarm_node import SiteSwarmBackend, SwarmNode
 from config.settings import Settings
@@ -134,14 +133,6 @@ def unready_services(settings: Settings, runtime: Runtime) -> list[str]:
     ]
 
 
-def _write_private(path: Path, data: dict[str, str]) -> None:
-    """Write JSON readable by the owner only, whatever mode the file had before."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        os.fchmod(out.fileno(), 0o600)
-        json.dump(data, out)
-
-
 def _stored_keys(path: Path) -> dict[str, str] | None:
     """The keys an earlier start generated in this data dir, if the file holds a valid pair."""
     try:
@@ -166,7 +157,7 @@ def resolve_keys(settings: Settings) -> tuple[KeyRing, dict[str, str]]:
     generated = _stored_keys(path)
     if generated is None:
         generated = {"client": generate_key("mec_client"), "operator": generate_key("mec_operator")}
-    _write_private(path, generated)  # also tightens the mode of a file someone loosened
+    write_private_json(path, generated)  # also tightens the mode of a file someone loosened
     return KeyRing.build([generated["client"]], [generated["operator"]]), generated
 
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import time
 from typing import Any
@@ -23,7 +22,7 @@ from agent.errors import SiteError
 from agent.forwarding import PeerForwarder
 from agent.upstream import UpstreamError, UpstreamPool
 from agent.view import PeerChoice
-from config.settings import Settings
+from config.settings import Settings, usable_cores
 from swarm.balancer import RoundRobinState, choose_peer
 from swarm.commands import JoinSite
 from swarm.consensus.base import Consensus, ConsensusError, NotLeaderError
@@ -126,11 +125,7 @@ class SwarmNode:
 
     def capabilities(self) -> dict[str, Any]:
         """What this site can run, for the coordinator's placement."""
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cpus = os.cpu_count() or 1
-        return {"gpus": self.gpus, "cpus": cpus, "services": sorted(self.settings.services)}
+        return {"gpus": self.gpus, "cpus": usable_cores(), "services": sorted(self.settings.services)}
 
     def local_load(self) -> SiteLoad:
         """This site's load report for its peers: per service, ready instances and their gates."""
@@ -193,10 +188,10 @@ class SwarmNode:
         """Scale (`argument`: replicas across the swarm) or move (`argument`: the site) a service:
         decided here when this site leads, else by the leader over the signed peer API. The
         committed placement of the service; `SiteError` when it did not commit."""
-        if service not in self.settings.services:
-            raise SiteError(404, "unknown_service", f"unknown service {service!r}", "service")
         if self.coordinator.is_coordinator():
             return await self.decide(action, service, argument)
+        if service not in self.settings.services:
+            raise SiteError(404, "unknown_service", f"unknown service {service!r}", "service")
         leader = self.consensus.leader()
         address = None if leader is None else self.peers.get(leader)
         if leader is None or address is None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from api.auth import generate_key, write_private_json
 from api.launcher import READY_PREFIX, NotReadyError, SiteProcess
 
 KEYS_FILE = "swarm-keys.json"
@@ -44,15 +45,12 @@ def swarm_keys(parent: Path, environ: dict[str, str]) -> SwarmKeys:
     except (OSError, ValueError):
         pass
     keys = {
-        "client": stored.get("client") or f"mec_client_{secrets.token_urlsafe(24)}",
-        "operator": stored.get("operator") or f"mec_operator_{secrets.token_urlsafe(24)}",
+        "client": stored.get("client") or generate_key("mec_client"),
+        "operator": stored.get("operator") or generate_key("mec_operator"),
         "peer_secret": stored.get("peer_secret") or secrets.token_urlsafe(32),
     }
     parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        os.fchmod(out.fileno(), 0o600)
-        json.dump(keys, out)
+    write_private_json(path, keys)
     return SwarmKeys(
         client=environ.get("MEC_CLIENT_KEYS") or keys["client"],
         operator=environ.get("MEC_OPERATOR_KEYS") or keys["operator"],

@@ -94,7 +94,8 @@ if str(REPO_DIR) not in sys.path:
 
 import psutil  # noqa: E402
 from openloop import Command  # noqa: E402
-from site_bench import HOST, _get, _post, busy_shares, machine_load, percentile, table  # noqa: E402
+from overload_bench import _is_workload, _ms, _pump_lines  # noqa: E402
+from site_bench import HOST, _get, _post, busy_shares, machine_load, table  # noqa: E402
 
 from api.launcher import ChildProcess, NotReadyError, SiteProcess, generated_key  # noqa: E402
 from tools.runtimes.base import free_port  # noqa: E402
@@ -163,10 +164,6 @@ QUICK = Profile(
     kills=3,
     cooldown_max_s=3.0,
 )
-
-
-def _ms(values_us: Sequence[int], pct: float) -> float:
-    return round(percentile(sorted(values_us), pct) / 1000, 2)
 
 
 def _loadavg() -> float:
@@ -425,11 +422,6 @@ def generator_main() -> int:
     return 0
 
 
-def _pump_lines(stream: Any, lines: queue.Queue[str]) -> None:
-    for raw in iter(stream.readline, b""):
-        lines.put(raw.decode(errors="replace").rstrip())
-
-
 class Generators:
     """`swarm_bench.py generator` processes, started once; each takes one command at a time."""
 
@@ -501,13 +493,6 @@ def _cpu(proc: psutil.Process) -> float:
     except psutil.Error:
         return 0.0
     return float(times.user + times.system)
-
-
-def _is_workload(proc: psutil.Process) -> bool:
-    try:
-        return any(arg.startswith("workloads.") for arg in proc.cmdline())
-    except psutil.Error:
-        return False
 
 
 class CpuWindow:

@@ -74,14 +74,18 @@ class ServiceSettings(BaseModel):
         return self
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """Front-door processes for an edge site by default: half the cores this process may run on,
     1 to 8 (so 1 on a 2-core box, where the workloads need the other core)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores // 2))
+    return max(1, min(8, usable_cores() // 2))
 
 
 class _YamlFile(YamlConfigSettingsSource):

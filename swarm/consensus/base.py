@@ -8,6 +8,8 @@ locally, so a caller that got an index reads its own write.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -16,6 +18,22 @@ from swarm.commands import Command
 
 Applier = Callable[[int, Command], Awaitable[None] | None]
 """Called with (log index, command) for each committed entry, in order; indexes only grow."""
+
+
+async def poll_leader(
+    leader: Callable[[], str | None], timeout_s: float, poll_s: float, why_none: Callable[[], str]
+) -> str:
+    """`Consensus.wait_leader` for a backend that knows its leader locally: `leader()` polled
+    every `poll_s` until it names one; `ConsensusError` with `why_none()` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = leader()
+        if found is not None:
+            return found
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ConsensusError(why_none())
+        await asyncio.sleep(min(poll_s, remaining))
 
 
 class ConsensusError(Exception):

@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm.commands import Command, command_from_json, to_json
-from swarm.consensus.base import Applier, ConsensusError, ConsensusStatus, NotLeaderError
+from swarm.consensus.base import Applier, ConsensusError, ConsensusStatus, NotLeaderError, poll_leader
 
 # pysyncobj's `win_inet_pton` (imported by its TCP layer) replaces `socket.inet_ntop` for the
 # whole process with a Windows-only function, on every platform: every later caller (psutil's
@@ -471,14 +471,12 @@ class EmbeddedConsensus:
 
     async def wait_leader(self, timeout_s: float) -> str:
         """The leader's id once this node knows one; `ConsensusError` after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            leader = self.leader()
-            if leader is not None:
-                return leader
-            if time.monotonic() >= deadline:
-                raise ConsensusError(f"node {self.node_id} knows no leader after {timeout_s:g} s")
-            await asyncio.sleep(POLL_S)
+        return await poll_leader(
+            self.leader,
+            timeout_s,
+            POLL_S,
+            lambda: f"node {self.node_id} knows no leader after {timeout_s:g} s",
+        )
 
     def status(self) -> ConsensusStatus:
         """This node's view: leader, term, commit index, the last index applied here."""

@@ -71,7 +71,7 @@ from etcd3gw import exceptions as etcd_errors
 from etcd3gw.watch import Watcher
 
 from swarm.commands import Command, command_from_json, to_json
-from swarm.consensus.base import Applier, ConsensusError, ConsensusStatus
+from swarm.consensus.base import Applier, ConsensusError, ConsensusStatus, poll_leader
 
 log = logging.getLogger(__name__)
 
@@ -571,17 +571,12 @@ class EtcdConsensus:
 
     async def wait_leader(self, timeout_s: float) -> str:
         """The leader's id once there is one; `ConsensusError` after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            leader = self.leader()
-            if leader is not None:
-                return leader
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConsensusError(
-                    f"no leader within {timeout_s:g} s: {self._errors['session'] or 'none elected'}"
-                )
-            await asyncio.sleep(min(LEADER_POLL_S, remaining))
+        return await poll_leader(
+            self.leader,
+            timeout_s,
+            LEADER_POLL_S,
+            lambda: f"no leader within {timeout_s:g} s: {self._errors['session'] or 'none elected'}",
+        )
 
     def status(self) -> ConsensusStatus:
         """This node's view: leader, term (the leader key's create revision), the last index seen

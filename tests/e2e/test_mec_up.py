@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 
 from api.launcher import ChildProcess
 from tests.conftest import ROOT
+from tests.support.polling import until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,22 +61,18 @@ def test_mec_up_starts_a_swarm_of_three_and_one_sigterm_stops_them_all(tmp_path:
         keys = json.loads((tmp_path / "swarm-keys.json").read_text())
         assert (tmp_path / "swarm-keys.json").stat().st_mode & 0o777 == 0o600
         operator = {"Authorization": f"Bearer {keys['operator']}"}
-        deadline = time.monotonic() + 60
-        views: list[dict] = []
-        while time.monotonic() < deadline:
+
+        def agreed() -> list[dict] | None:
             views = [httpx.get(f"{url}/v1/sites", headers=operator, timeout=5).json() for url in urls]
-            if views[0]["leader"] and len({v["leader"] for v in views}) == 1:
-                break
-            time.sleep(0.2)
-        assert len({v["leader"] for v in views}) == 1 and views[0]["leader"] in ("site-1", "site-2", "site-3")
+            return views if views[0]["leader"] and len({v["leader"] for v in views}) == 1 else None
+
+        views = until(agreed, "one leader on every site", 60, 0.2, (httpx.HTTPError,))
+        assert views[0]["leader"] in ("site-1", "site-2", "site-3")
         assert sorted(s["site_id"] for s in views[0]["sites"]) == ["site-1", "site-2", "site-3"]
         for i in (1, 2, 3):
             assert (tmp_path / f"site-{i}" / "site.log").exists()
         up.send_signal(15)
         up.wait(60)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_answers(url) for url in urls):
-            time.sleep(0.2)
-        assert not any(_answers(url) for url in urls)
+        until(lambda: not any(_answers(url) for url in urls), "every site stopped", 30, 0.2)
     finally:
         up.stop(grace_s=30)

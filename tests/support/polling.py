@@ -12,15 +12,27 @@ import psutil
 INTERVAL_S = 0.02
 
 
-def until(predicate: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
-    """The first truthy value of `predicate()`; AssertionError naming `what` after `timeout_s`."""
+def until(
+    predicate: Callable[[], Any],
+    what: str,
+    timeout_s: float = 30.0,
+    interval_s: float = INTERVAL_S,
+    tolerate: tuple[type[Exception], ...] = (),
+) -> Any:
+    """The first truthy value of `predicate()`; AssertionError naming `what` after `timeout_s`.
+
+    An exception in `tolerate` (e.g. a server that is restarting) counts as "not yet"."""
     deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except tolerate as exc:
+            value, last = None, exc
         if value:
             return value
-        time.sleep(INTERVAL_S)
-    raise AssertionError(f"not within {timeout_s:g} s: {what}")
+        time.sleep(interval_s)
+    raise AssertionError(f"not within {timeout_s:g} s: {what}" + (f" (last error: {last!r})" if last else ""))
 
 
 async def eventually(predicate: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import httpx
 
 from api.launcher import SiteProcess
 from tests.conftest import CLIENT_KEY, OPERATOR_KEY, ROOT, TEST_SITE_ENV
+from tests.support.polling import until
 from tools.runtimes.base import free_port
 
 PEER_SECRET = "test-peer-secret-0123456789"
@@ -24,19 +24,9 @@ CLIENT = {"Authorization": f"Bearer {CLIENT_KEY}"}
 
 
 def eventually(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """The first truthy value of `predicate()`, polled every 0.2 s (a site that is restarting or
-    stopped counts as "not yet"); AssertionError naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            value, last = None, exc
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s:g} s: {what} (last error: {last!r})")
+    """`until` over HTTP: polled every 0.2 s, a site that is restarting or stopped counts as
+    "not yet"."""
+    return until(predicate, what, timeout_s, 0.2, (httpx.HTTPError, KeyError, ValueError))
 
 
 @dataclass
