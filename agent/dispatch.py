@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -275,10 +275,7 @@ class Dispatcher:
             outcome = Outcome(200, service.name, "cache", "cache", result_json=cached, cached=True)
         elif decision.tier == "local":
             job = _Job(call, service, request, decision, view, deadline, timings)
-            if cache_key is not None:
-                outcome = await self._call_once_per_key(job, cache_key)
-            else:
-                outcome = await self._call_instance(job)
+            outcome = await self._serve_local(job, cache_key)
             if outcome.tier == "reject" and outcome.status == 503 and not call.forwarded:
                 # The instance's gate refused it before anything was sent (its queue was full, or
                 # standing): a peer with room may still answer within what is left.
@@ -287,9 +284,24 @@ class Dispatcher:
                     outcome = await self._forward(call, peer, deadline, timings)
         elif decision.tier == "peer" and decision.peer is not None:
             outcome = await self._forward(call, decision.peer, deadline, timings)
+            if (
+                decision.instance is not None
+                and outcome.status in (502, 503)
+                and time.perf_counter() < deadline
+            ):
+                # A spill (`router._spill`) the peer could not take: the local instance still can.
+                local = replace(decision, tier="local", peer=None)
+                job = _Job(call, service, request, local, view, deadline, timings)
+                outcome = await self._serve_local(job, cache_key)
         else:
             outcome = self._reject(service.name, decision)
         return self._finish(arrived, deadline, timings, outcome, cacheable=cache_key is not None)
+
+    async def _serve_local(self, job: _Job, cache_key: str | None) -> Outcome:
+        """Call the planned local instance; concurrent misses of one cache key share the call."""
+        if cache_key is not None:
+            return await self._call_once_per_key(job, cache_key)
+        return await self._call_instance(job)
 
     def _peer_for(self, view: View, service: str, deadline: float) -> PeerChoice | None:
         """A peer for a request the local instances refused, if the swarm has one in time."""

@@ -4,9 +4,11 @@ No I/O, no clocks, no randomness: the same request against the same view gives t
 in microseconds. Order of preference: a cache hit; a local instance that has room and is
 predicted to answer within what is left of the request's budget (a GPU-capable one for GPU
 services while the GPU is under its busy threshold; the instance a request's affinity key hashes
-to; else the one predicted to answer first); then a peer site the swarm's balancer picks (its
-load table says it has room and is predicted to answer in time, RTT included; a request that a
-peer forwarded here is never forwarded again); otherwise a reject with 503 and `Retry-After`, at
+to; else the one predicted to answer first), unless that answer is predicted later than the
+view's `spill_share` of the budget left and a peer is predicted sooner (a spill, before the local
+instance saturates); then a peer site the swarm's balancer picks (its load table says it has
+room and is predicted to answer in time, RTT included; a request that a peer forwarded here is
+never forwarded again); otherwise a reject with 503 and `Retry-After`, at
 once, before anything is queued or sent. The cloud joins this list in a later tier.
 
 The balancer is part of the view (`View.choose_peer`): it reads the load table as of that view.
@@ -111,7 +113,34 @@ def plan(request: PlanRequest, view: View) -> Plan:
         return Plan(tier="local", instance=pinned, reason=f"affinity {service.affinity_key}")
 
     chosen = min(open_, key=lambda inst: (predicted[inst.id], inst.id))
+    spill = _spill(request, view, chosen, predicted[chosen.id])
+    if spill is not None:
+        return spill
     return Plan(tier="local", instance=chosen, reason="soonest predicted answer")
+
+
+def _spill(request: PlanRequest, view: View, local: Instance, local_ms: float) -> Plan | None:
+    """A peer predicted to answer sooner than the local instance, once that one is getting slow.
+
+    A prediction is a mean; near saturation an instance's tail is a multiple of it. So a site
+    hands a request on before its own instance is full: when the soonest local answer is
+    predicted later than `view.spill_share` of the budget left, and a peer is predicted (RTT and
+    forwarding included) to answer before it. The local instance stays the fallback
+    (`Plan.instance`) should the forward fail before the peer answers. Requests pinned by an
+    affinity key never spill: their state lives at their instance.
+    """
+    if request.forwarded or view.choose_peer is None or local_ms <= view.spill_share * request.budget_ms:
+        return None
+    choice = view.choose_peer(request.service, local_ms)
+    if choice is None:
+        return None
+    return Plan(
+        tier="peer",
+        instance=local,
+        peer=choice,
+        reason=f"the soonest local instance of {request.service} is predicted at {local_ms:.0f} ms, over "
+        f"{view.spill_share:.0%} of the {request.budget_ms:.0f} ms left; {choice.reason or 'a peer answers sooner'}",
+    )
 
 
 def _elsewhere(request: PlanRequest, view: View, why: str) -> Plan:

@@ -106,3 +106,6 @@ class View:
     retry_after_s: int
     choose_peer: PeerChooser | None = None
     """Where a request goes that no local instance can serve in time; None: a site on its own."""
+    spill_share: float = 1.0
+    """A local answer predicted later than this share of the remaining budget is handed to a peer
+    predicted to answer sooner (1: peers only take what no local instance can serve in budget)."""

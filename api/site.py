@@ -66,6 +66,7 @@ def build_runtime(settings: Settings, gpu_available: bool) -> Runtime:
             host=settings.host if settings.host.startswith("127.") else "127.0.0.1",
             docker_url=settings.docker_url,
             supervise_interval_s=settings.supervise_interval_s,
+            cpu_period_ms=settings.docker_cpu_period_ms,
         )
     from tools.runtimes.local import LocalRuntime
 
@@ -308,6 +309,7 @@ class Site:
             gpu_busy=gpu_util is not None and gpu_util >= self.settings.gpu_busy_pct,
             retry_after_s=self.settings.retry_after_s,
             choose_peer=None if self.swarm is None else self.swarm.choose,
+            spill_share=self.settings.peer_spill_share,
         )
 
     async def start(self) -> None:

@@ -59,7 +59,7 @@ from loadgen import (
     run_closed,
 )
 
-SERVICES = {"sensor": "iot", "game-state": "gaming"}
+SERVICES = {"sensor": "iot", "game-state": "gaming", "inference": "mobile"}
 """Services this generator sends, with the client kind each one serves."""
 KINDS = (*SERVICES, "hit")
 IDLE_REUSE_S = 4.0
@@ -123,6 +123,8 @@ def payload(kind: str, index: int, seq_base: int = 0) -> dict[str, Any]:
             "seq": seq_base + index,
             "state": {"x": float(index * 7 % 1000), "y": float(index * 13 % 1000)},
         }
+    if kind == "inference":
+        return {"text": f"navigate to charging station {index % 16}"}
     raise ValueError(f"no payload for kind {kind!r}")
 
 

@@ -103,6 +103,15 @@ from tools.runtimes.base import free_port  # noqa: E402
 RESULTS_FILE = BENCH_DIR / "results" / "swarm-latest.json"
 SITE_IDS = ("site-1", "site-2", "site-3")
 SERVICE = "sensor"
+"""The service of the forwarding and failover phases."""
+CAPACITY_SERVICE = "inference"
+"""The service of the capacity and 2x phases: CPU-bound (a text of `TEXT_WORDS` words costs about
+3 ms of the instance's CPU), so one instance with a CPU limit is what bounds one site."""
+TEXT_WORDS = 48
+CAPACITY_CPUS = 0.25
+"""The CPU limit of each inference instance (`--cpus`), enforced by the Docker engine."""
+CPU_PERIOD_MS = 10.0
+"""The CFS period of that limit (`--cpu-period-ms`, `MEC_DOCKER_CPU_PERIOD_MS`)."""
 BUDGET_MS = 200
 FORWARD_RATE = 100.0
 SITE_READY_TIMEOUT_S = 120.0
@@ -145,7 +154,7 @@ class Profile:
 FULL = Profile(
     forward_s=10.0,
     forward_rounds=2,
-    ramp_start=200.0,
+    ramp_start=20.0,
     ramp_factor=1.25,
     ramp_step_s=3.0,
     ramp_max=8000.0,
@@ -156,7 +165,7 @@ FULL = Profile(
 QUICK = Profile(
     forward_s=4.0,
     forward_rounds=1,
-    ramp_start=250.0,
+    ramp_start=20.0,
     ramp_factor=1.5,
     ramp_step_s=1.5,
     ramp_max=8000.0,
@@ -194,7 +203,7 @@ class Swarm:
     """Three `mec serve` processes that are each other's peers; every process ever launched is
     remembered, so that `stop_all` ends them (and their process groups) by pid."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, runtime: str, cpus: float, cpu_period_ms: float | None) -> None:
         self.client_key = generated_key("client")
         self.operator_key = generated_key("operator")
         secret = secrets.token_urlsafe(24)
@@ -211,7 +220,12 @@ class Swarm:
                 workdir / sid,
                 client_key=self.client_key,
                 operator_key=self.operator_key,
-                env={"MEC_PEER_SECRET": secret},
+                env={
+                    "MEC_PEER_SECRET": secret,
+                    "MEC_RUNTIME": runtime,
+                    f"MEC_SERVICES__{CAPACITY_SERVICE.upper()}__CPUS": str(cpus),
+                    **({} if cpu_period_ms is None else {"MEC_DOCKER_CPU_PERIOD_MS": str(cpu_period_ms)}),
+                },
                 args=["--site-id", sid, "--peers", peers, "--raft-port", str(raft[sid])],
                 port=api[sid],
                 embedded_defaults=True,
@@ -294,12 +308,14 @@ class Swarm:
         found = next(s for s in json.loads(raw)["services"] if s["name"] == service)
         return int(found["instances_ready"])
 
-    def change(self, sid: str, action: str, argument: int | str, timeout: float = 20.0) -> tuple[int, Any]:
-        """POST scale (`argument`: replicas) or move (`argument`: site) of sensor through `sid`."""
+    def change(
+        self, sid: str, action: str, argument: int | str, timeout: float = 20.0, service: str = SERVICE
+    ) -> tuple[int, Any]:
+        """POST scale (`argument`: replicas) or move (`argument`: site) of `service` through `sid`."""
         body = {"replicas": argument} if action == "scale" else {"site": argument}
         status, raw = _post(
             self.port(sid),
-            f"/v1/services/{SERVICE}/{action}",
+            f"/v1/services/{service}/{action}",
             json.dumps(body).encode(),
             self.operator_key,
             timeout,
@@ -332,57 +348,73 @@ class Swarm:
         leader: str = _wait(steady, SETTLE_TIMEOUT_S, "one leader and three members in every view")
         return leader
 
-    def placement(self, sid: str) -> dict[str, int]:
+    def placement(self, sid: str, service: str = SERVICE) -> dict[str, int]:
         placements = self.view(sid)["placements"]
-        return {site: int(n) for site, n in placements.get(SERVICE, {}).items()}
+        return {site: int(n) for site, n in placements.get(service, {}).items()}
 
-    def peer_ready(self, sid: str, peer: str) -> bool:
-        """Whether `sid`'s load table has a fresh report of `peer` with a ready sensor and an RTT."""
+    def peer_ready(self, sid: str, peer: str, service: str = SERVICE) -> bool:
+        """Whether `sid`'s load table has a fresh report of `peer` with a ready `service` and an RTT."""
         for entry in self.view(sid)["sites"]:
             if entry["site_id"] == peer and entry.get("healthy") and entry.get("rtt_ms") is not None:
-                load = (entry.get("load") or {}).get("services", {}).get(SERVICE, {})
+                load = (entry.get("load") or {}).get("services", {}).get(service, {})
                 return int(load.get("ready", 0)) >= 1
         return False
 
 
-def place_sensor(swarm: Swarm, wanted: dict[str, int], steps: Sequence[tuple[str, int | str]]) -> None:
-    """Apply placement changes of sensor through site-3 (not the leader, in general), then wait
+def place(swarm: Swarm, service: str, wanted: dict[str, int], steps: Sequence[tuple[str, int | str]]) -> None:
+    """Apply placement changes of `service` through site-3 (not the leader, in general), then wait
     until every site runs its share and each site with none sees a peer with a ready one."""
     for action, argument in steps:
-        status, answer = swarm.change("site-3", action, argument)
+        status, answer = swarm.change("site-3", action, argument, service=service)
         if status != 200:
-            raise RuntimeError(f"{action} {SERVICE} {argument}: {status} {answer}")
+            raise RuntimeError(f"{action} {service} {argument}: {status} {answer}")
     got = _wait(
-        lambda: all(swarm.placement(sid) == wanted for sid in SITE_IDS),
+        lambda: all(swarm.placement(sid, service) == wanted for sid in SITE_IDS),
         30,
-        f"the placement {wanted} of {SERVICE} in every view",
+        f"the placement {wanted} of {service} in every view",
     )
     assert got
     for sid in SITE_IDS:
         share = wanted.get(sid, 0)
-        _wait(partial(_runs, swarm, sid, share), 90, f"{sid} runs {share} {SERVICE}")
+        _wait(partial(_runs, swarm, sid, share, service), 90, f"{sid} runs {share} {service}")
     for sid in SITE_IDS:
         for peer in SITE_IDS:
             if peer != sid and wanted.get(peer, 0) > 0:
-                _wait(partial(swarm.peer_ready, sid, peer), 30, f"{sid} sees {peer}'s {SERVICE}")
+                _wait(partial(swarm.peer_ready, sid, peer, service), 30, f"{sid} sees {peer}'s {service}")
 
 
-def _runs(swarm: Swarm, sid: str, share: int) -> bool:
-    return swarm.ready_instances(sid) == share
+def _runs(swarm: Swarm, sid: str, share: int, service: str = SERVICE) -> bool:
+    return swarm.ready_instances(sid, service) == share
 
 
 # --- load generators ----------------------------------------------------------------------------
 
 
-def distinct_sensors(
+WORDS = (
+    "please navigate to the nearest charging station then play some quiet music and remind me "
+    "to call the office when we arrive also check the weather for tomorrow morning and book a "
+    "table for two at the usual place near the river"
+).split()
+
+
+def inference_text(seq_base: int, index: int) -> str:
+    """A text of `TEXT_WORDS` words no other request of the bench sends (so no cache answers it)."""
+    start = index % len(WORDS)
+    words = [WORDS[(start + n) % len(WORDS)] for n in range(TEXT_WORDS - 1)]
+    return f"r{seq_base}x{index} " + " ".join(words)
+
+
+def distinct_requests(
     payload: Callable[[str, int, int], dict[str, Any]],
 ) -> Callable[[str, int, int], dict[str, Any]]:
-    """openloop's `payload`, but each sensor request its own `sensor_id` (`seq_base` is the run's
-    nonce, so no two runs share one either)."""
+    """openloop's `payload`, but each sensor request its own `sensor_id` and each inference request
+    its own text (`seq_base` is the run's nonce, so no two runs share one either)."""
 
     def distinct(kind: str, index: int, seq_base: int = 0) -> dict[str, Any]:
         if kind == SERVICE:
             return {"sensor_id": f"swb-{seq_base}-{index}", "value": round((index % 100) * 0.5 + 10.0, 1)}
+        if kind == CAPACITY_SERVICE:
+            return {"text": inference_text(seq_base, index)}
         return payload(kind, index, seq_base)
 
     return distinct
@@ -404,7 +436,7 @@ def generator_main() -> int:
         routes.append(f"{found.group(1).decode()}@{found.group(2).decode()}" if found else "?@?")
         return site_total_us(answer)
 
-    openloop.payload = distinct_sensors(openloop.payload)  # type: ignore[assignment]
+    openloop.payload = distinct_requests(openloop.payload)  # type: ignore[assignment]
     openloop.site_total_us = noting_route
     openloop._raise_nofile()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -507,14 +539,18 @@ class CpuWindow:
 
     def _groups(self) -> dict[str, list[psutil.Process]]:
         groups: dict[str, list[psutil.Process]] = {}
+        seen: set[int] = set()
         for sid in self.swarm.alive():
             try:
                 root = psutil.Process(self.swarm.pid(sid))
                 children = root.children(recursive=True)
             except psutil.Error:
                 continue
+            seen.update(c.pid for c in children)
             groups[f"{sid} front"] = [root, *(c for c in children if not _is_workload(c))]
             groups[f"{sid} workloads"] = [c for c in children if _is_workload(c)]
+        # Under Docker the workloads are children of the engine's shims, not of their sites.
+        groups["containers"] = [p for p in psutil.process_iter() if p.pid not in seen and _is_workload(p)]
         groups["generators"] = self.gens.processes()
         groups["bench"] = [psutil.Process()]
         return groups
@@ -590,6 +626,7 @@ class Run:
     within_budget: int
     within_budget_pct: float
     status_5xx: int
+    statuses_5xx: dict[str, int]
     other_statuses: dict[str, int]
     unanswered: int
     transport_errors: dict[str, int]
@@ -672,6 +709,7 @@ def summarise(
         within_budget=within,
         within_budget_pct=round(100 * within / scheduled, 2) if scheduled else 0.0,
         status_5xx=sum(n for s, n in counts.items() if s >= 500),
+        statuses_5xx={str(s): n for s, n in sorted(counts.items()) if s >= 500},
         other_statuses={str(s): n for s, n in sorted(counts.items()) if s != 200 and s < 500},
         unanswered=sum(r["timeouts"] + r["cancelled"] + r["not_sent"] for r in results),
         transport_errors=dict(errors),
@@ -720,6 +758,7 @@ def open_run(
     duration: float,
     profile: Profile,
     measured: bool = True,
+    kind: str = SERVICE,
 ) -> Run:
     procs = min(MAX_GENERATOR_PROCS, max(1, math.ceil(rate / ONE_PROC_MAX_RATE)))
     prebuild = PREBUILD_S_PER_REQUEST * rate * duration / procs
@@ -727,7 +766,7 @@ def open_run(
     base = Command(
         mode="open",
         port=swarm.port(target),
-        kind=SERVICE,
+        kind=kind,
         key=swarm.client_key,
         budget_ms=BUDGET_MS,
         rate=rate,
@@ -769,7 +808,7 @@ def open_run(
 
 def forwarding_phase(swarm: Swarm, gens: Generators, profile: Profile) -> dict[str, Any]:
     print("forwarding: sensor on site-2 only ...", flush=True)
-    place_sensor(swarm, {"site-2": 1}, [("scale", 1), ("move", "site-2")])
+    place(swarm, SERVICE, {"site-2": 1}, [("scale", 1), ("move", "site-2")])
     for target in ("site-2", "site-1"):  # warm-up: connections, the forwarder's pool
         open_run(swarm, gens, f"warm-up {target}", target, FORWARD_RATE, 1.0, profile, measured=False)
     runs: list[Run] = []
@@ -805,18 +844,38 @@ def _step_passes(run: Run) -> bool:
 
 
 def capacity_phase(swarm: Swarm, gens: Generators, profile: Profile) -> dict[str, Any]:
-    """Open-loop ramp against site-2, the only site with a sensor instance."""
-    print("measuring: one site's capacity (ramp against site-2, the only sensor) ...", flush=True)
+    """Open-loop ramp of inference against site-2, the only site with an inference instance."""
+    print(f"capacity: {CAPACITY_SERVICE} on site-2 only ...", flush=True)
+    place(swarm, CAPACITY_SERVICE, {"site-2": 1}, [("scale", 1), ("move", "site-2")])
+    print(
+        f"measuring: one site's capacity (ramp against site-2, the only {CAPACITY_SERVICE}) ...", flush=True
+    )
     steps: list[dict[str, Any]] = []
     capacity = 0.0
     rate = profile.ramp_start
     while rate <= profile.ramp_max:
-        run = open_run(swarm, gens, f"ramp {rate:.0f}/s", "site-2", rate, profile.ramp_step_s, profile)
+        run = open_run(
+            swarm,
+            gens,
+            f"ramp {rate:.0f}/s",
+            "site-2",
+            rate,
+            profile.ramp_step_s,
+            profile,
+            kind=CAPACITY_SERVICE,
+        )
         passed = _step_passes(run)
         steps.append({"run": run, "passed": passed, "retry": False})
         if not passed:
             run = open_run(
-                swarm, gens, f"ramp {rate:.0f}/s again", "site-2", rate, profile.ramp_step_s, profile
+                swarm,
+                gens,
+                f"ramp {rate:.0f}/s again",
+                "site-2",
+                rate,
+                profile.ramp_step_s,
+                profile,
+                kind=CAPACITY_SERVICE,
             )
             passed = _step_passes(run)
             steps.append({"run": run, "passed": passed, "retry": True})
@@ -828,16 +887,18 @@ def capacity_phase(swarm: Swarm, gens: Generators, profile: Profile) -> dict[str
 
 
 def overload_phase(swarm: Swarm, gens: Generators, profile: Profile, capacity: float) -> dict[str, Any]:
-    print("overload: sensor one replica per site ...", flush=True)
-    place_sensor(swarm, dict.fromkeys(SITE_IDS, 1), [("scale", 3)])
+    print(f"overload: {CAPACITY_SERVICE} one replica per site ...", flush=True)
+    place(swarm, CAPACITY_SERVICE, dict.fromkeys(SITE_IDS, 1), [("scale", 3)])
     rate = 2 * capacity
     print(f"measuring: 2 x capacity = {rate:.0f} req/s to site-1 only ...", flush=True)
     open_run(
-        swarm, gens, "warm-up site-1", "site-1", min(rate, FORWARD_RATE * 2), 1.0, profile, measured=False
+        swarm, gens, "warm-up site-1", "site-1", capacity, 2.0, profile, measured=False, kind=CAPACITY_SERVICE
     )
     probe = SideProbe(swarm, "site-1", profile.overload_s + START_DELAY_S + 1.0)
     probe.start()
-    run = open_run(swarm, gens, "2x capacity", "site-1", rate, profile.overload_s, profile)
+    run = open_run(
+        swarm, gens, "2x capacity", "site-1", rate, profile.overload_s, profile, kind=CAPACITY_SERVICE
+    )
     probe.join(30)
     return {"rate_rps": rate, "run": run, "side_probe": probe.summary()}
 
@@ -860,9 +921,10 @@ def accept_queue(port: int) -> int | None:
 class SideProbe(threading.Thread):
     """Diagnostics while site-1 is overloaded, from this process, for `seconds`: every 0.25 s the
     length of the site's accept queue (connections the kernel holds that the site has not
-    accepted: their wait is before the site's clock starts) and one more sensor request to the site (4 req/s besides the load; each refusal's status, code and
-    message, digits masked, is counted), and every 0.5 s the site's `GET /v1/sites` (how long it
-    took, and each peer's entry in its load table: fresh or not, RTT, sensor's room)."""
+    accepted: their wait is before the site's clock starts) and one more inference request to the
+    site (4 req/s besides the load; each answer's tier, or each refusal's status, code and message,
+    digits masked, is counted), and every 0.5 s the site's `GET /v1/sites` (how long it took, and
+    each peer's entry in its load table: fresh or not, RTT, inference's room)."""
 
     def __init__(self, swarm: Swarm, sid: str, seconds: float) -> None:
         super().__init__(daemon=True, name="side-probe")
@@ -888,9 +950,9 @@ class SideProbe(threading.Thread):
 
     def _request(self, n: int) -> None:
         body = {
-            "service": SERVICE,
-            "payload": {"sensor_id": f"probe-{_next_nonce()}", "value": 1.0},
-            "client": {"kind": "iot", "id": "swarm-bench-probe"},
+            "service": CAPACITY_SERVICE,
+            "payload": {"text": inference_text(_next_nonce(), n)},
+            "client": {"kind": "mobile", "id": "swarm-bench-probe"},
             "latency_budget_ms": BUDGET_MS,
         }
         try:
@@ -926,7 +988,7 @@ class SideProbe(threading.Thread):
         for entry in view["sites"]:
             if entry["site_id"] == self.sid:
                 continue
-            load = (entry.get("load") or {}).get("services", {}).get(SERVICE, {})
+            load = (entry.get("load") or {}).get("services", {}).get(CAPACITY_SERVICE, {})
             self.peers.setdefault(entry["site_id"], []).append(
                 {
                     "healthy": bool(entry.get("healthy")),
@@ -945,7 +1007,7 @@ class SideProbe(threading.Thread):
             peers[peer] = {
                 "samples": len(samples),
                 "fresh_pct": round(100 * sum(s["healthy"] for s in samples) / len(samples), 1),
-                "sensor_room_pct": round(100 * sum(s["has_room"] for s in samples) / len(samples), 1),
+                "room_pct": round(100 * sum(s["has_room"] for s in samples) / len(samples), 1),
                 "rtt_ms_p50": round(rtts[len(rtts) // 2], 2) if rtts else None,
                 "rtt_ms_max": round(rtts[-1], 2) if rtts else None,
                 "predicted_ms_p50": round(predicted[len(predicted) // 2], 2) if predicted else None,
@@ -1164,7 +1226,9 @@ def checks(report: dict[str, Any]) -> list[Check]:
         )
     over = report["overload"]
     capacity = report["capacity"]["capacity_rps"]
-    found.append(Check("one site's sensor capacity (ramp)", "(measured)", f"{capacity:.0f} req/s", "INFO"))
+    found.append(
+        Check(f"one site's {CAPACITY_SERVICE} capacity (ramp)", "(measured)", f"{capacity:.0f} req/s", "INFO")
+    )
     if over is None:
         for name in ("2x capacity: answered within budget", "2x capacity: 5xx"):
             found.append(Check(name, "-", "not run (no capacity measured)", "FAIL"))
@@ -1287,7 +1351,9 @@ def print_report(report: dict[str, Any], results: list[Check]) -> None:
     )
     cap = report["capacity"]
     print(
-        f"\none site's capacity for sensor: open-loop ramp against site-2 (the only sensor), "
+        f"\none site's capacity for {CAPACITY_SERVICE} ({report['settings']['capacity_cpus']:g} CPU per instance,"
+        f" per {report['settings']['cpu_period_ms'] or 100:g} ms, {report['settings']['runtime']} runtime):"
+        f" open-loop ramp against site-2 (the only one), "
         f"step {cap['step_s']:g} s, pass = >= {TARGET_WITHIN_PCT:g} % in budget, 0 5xx, 0 lost"
     )
     steps = [s["run"] for s in cap["steps"]]
@@ -1305,11 +1371,13 @@ def print_report(report: dict[str, Any], results: list[Check]) -> None:
     if over is not None:
         run = over["run"]
         print(
-            f"\n2 x capacity = {over['rate_rps']:.0f} req/s to site-1, sensor one replica per site, budget {BUDGET_MS} ms"
+            f"\n2 x capacity = {over['rate_rps']:.0f} req/s to site-1, {CAPACITY_SERVICE} one replica per site,"
+            f" budget {BUDGET_MS} ms"
         )
         print(table(RUN_HEADER, run_rows([run])))
         print(
-            f"200s by tier: {run['tiers']}; by site: {run['served_by']}; other statuses: "
+            f"200s by tier: {run['tiers']}; by site: {run['served_by']}; 5xx: {run['statuses_5xx'] or 'none'};"
+            f" other statuses: "
             f"{run['other_statuses'] or 'none'}; transport errors: {run['transport_errors'] or 'none'}"
         )
         per_tier = ", ".join(
@@ -1338,7 +1406,7 @@ def print_report(report: dict[str, Any], results: list[Check]) -> None:
         for peer, seen in side["peers"].items():
             print(
                 f"  site-1's load table, {peer}: fresh in {seen['fresh_pct']:.0f} % of {seen['samples']} looks,"
-                f" sensor with room in {seen['sensor_room_pct']:.0f} %, rtt p50 {seen['rtt_ms_p50']} ms"
+                f" {CAPACITY_SERVICE} with room in {seen['room_pct']:.0f} %, rtt p50 {seen['rtt_ms_p50']} ms"
                 f" (max {seen['rtt_ms_max']}), predicted p50 {seen['predicted_ms_p50']} ms"
             )
     all_runs = [*fwd["runs"], *steps, *([over["run"]] if over is not None else [])]
@@ -1433,7 +1501,8 @@ def forwarding_summary(found: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench(workdir: Path, profile: Profile, kills: int, report: dict[str, Any]) -> None:
-    swarm = Swarm(workdir)
+    settings = report["settings"]
+    swarm = Swarm(workdir, settings["runtime"], settings["capacity_cpus"], settings["cpu_period_ms"])
     gens: Generators | None = None
     try:
         started = time.monotonic()
@@ -1483,6 +1552,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark a 3-site swarm on loopback.")
     parser.add_argument("--quick", action="store_true", help="shorter phases (about 2 minutes)")
     parser.add_argument("--kills", type=int, default=None, help="leader kills (default 5; 3 with --quick)")
+    parser.add_argument(
+        "--runtime",
+        choices=("docker", "local"),
+        default="docker",
+        help="the sites' runtime (docker: each instance's CPU limit is enforced; local: it is not,"
+        " so one site's capacity is the machine's)",
+    )
+    parser.add_argument(
+        "--cpus",
+        type=float,
+        default=CAPACITY_CPUS,
+        help=f"CPU limit of each {CAPACITY_SERVICE} instance (default {CAPACITY_CPUS:g})",
+    )
+    parser.add_argument(
+        "--cpu-period-ms",
+        type=float,
+        default=CPU_PERIOD_MS,
+        help=f"CFS period of the containers' CPU limit (default {CPU_PERIOD_MS:g}; 0: the engine's 100 ms)",
+    )
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     kills = args.kills if args.kills is not None else profile.kills
@@ -1491,7 +1579,16 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "profile": "quick" if args.quick else "full",
         "settings": asdict(profile)
-        | {"kills": kills, "budget_ms": BUDGET_MS, "forward_rate_rps": FORWARD_RATE},
+        | {
+            "kills": kills,
+            "budget_ms": BUDGET_MS,
+            "forward_rate_rps": FORWARD_RATE,
+            "runtime": args.runtime,
+            "capacity_service": CAPACITY_SERVICE,
+            "capacity_cpus": args.cpus,
+            "cpu_period_ms": args.cpu_period_ms or None,
+            "text_words": TEXT_WORDS,
+        },
         "environment": {
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),

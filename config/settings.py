@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     runtime: Literal["local", "docker"] = "local"
     data_dir: Path = Path("data")
     docker_url: str | None = Field(default=None, description="Docker engine URL; default from DOCKER_HOST.")
+    docker_cpu_period_ms: float | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="CFS period of each container's CPU limit (`cpus` of quota per period); default: the "
+        "engine's 100 ms. Shorter bounds the wait of a container that used up its quota.",
+    )
 
     allow_degraded: bool = Field(
         default=False, description="Start even when a service has no ready instance (and say so)."
@@ -293,6 +300,14 @@ class Settings(BaseSettings):
     balancer: Literal["default", "p2c", "least-loaded", "round-robin"] = Field(
         default="default",
         description="How a request the site cannot serve in budget picks a peer.",
+    )
+    peer_spill_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="A request whose best local instance is predicted to answer later than this share "
+        "of its remaining budget goes to a peer predicted to answer sooner, when there is one "
+        "(1: only what no local instance can answer in budget goes to peers).",
     )
 
     image_allowlist: CommaList = Field(

@@ -50,8 +50,9 @@ proxy's copy of the body both ways. A guess to refine with the forwarding bench.
 
 
 @dataclass(frozen=True, slots=True)
-class PeerChoice:
-    """The peer chosen for one request, and why."""
+class BalancerPick:
+    """The peer the balancer picked for one request, and why: by URL, before the site resolves it
+    to the address it forwards to (`agent.view.PeerChoice`)."""
 
     site_id: str
     url: str
@@ -122,7 +123,7 @@ def choose_peer(
     rng: random.Random,
     rr_state: RoundRobinState | None = None,
     overhead_ms: float = FORWARD_OVERHEAD_MS,
-) -> PeerChoice | None:
+) -> BalancerPick | None:
     """The peer to forward a request for `service` to, with `budget_ms` left; None if no peer can
     answer within it. `entries` are the load table's fresh entries (their order does not matter);
     `rng` is used by `p2c` and `default` only, `rr_state` by `round-robin` (required there)."""
@@ -152,5 +153,7 @@ def choose_peer(
     )
 
 
-def _choice(candidate: _Candidate, reason: str) -> PeerChoice:
-    return PeerChoice(candidate.site_id, candidate.url, candidate.score_ms, f"{candidate.site_id}: {reason}")
+def _choice(candidate: _Candidate, reason: str) -> BalancerPick:
+    return BalancerPick(
+        candidate.site_id, candidate.url, candidate.score_ms, f"{candidate.site_id}: {reason}"
+    )

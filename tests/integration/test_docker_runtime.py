@@ -76,12 +76,15 @@ async def make_runtime(engine: docker.DockerClient, workload_image: str) -> Asyn
     """Builds runtimes on fresh site ids; closes them and removes their containers afterwards."""
     made: list[DockerRuntime] = []
 
-    def make(site_id: str | None = None, supervise_interval_s: float = 0.2) -> DockerRuntime:
+    def make(
+        site_id: str | None = None, supervise_interval_s: float = 0.2, cpu_period_ms: float | None = None
+    ) -> DockerRuntime:
         rt = DockerRuntime(
             SPECS,
             ALLOWLIST,
             site_id=site_id or f"t{uuid.uuid4().hex[:8]}",
             supervise_interval_s=supervise_interval_s,
+            cpu_period_ms=cpu_period_ms,
         )
         made.append(rt)
         return rt
@@ -276,6 +279,16 @@ async def test_inspect_is_plain_data(runtime: DockerRuntime) -> None:
     assert data["container"]["health"] in {"starting", "healthy"}
     assert data["port"] == inst.port and data["restarts"] == 0
     assert data["limits"]["memory_bytes"] == 128 * MiB and data["limits"]["cpus"] == 0.5
+
+
+async def test_a_shorter_cpu_period_keeps_the_cpu_share_as_a_quota_per_period(
+    make_runtime: RuntimeFactory,
+) -> None:
+    runtime = make_runtime(cpu_period_ms=10)
+    [inst] = await runtime.start("sensor")
+    limits = (await runtime.inspect(inst.id))["limits"]  # as the engine reports the container
+    assert (limits["cpu_period_us"], limits["cpu_quota_us"]) == (10_000, 5_000)
+    assert limits["cpus"] == 0.5 and not limits["nano_cpus"]
 
 
 async def test_stats_report_memory(runtime: DockerRuntime) -> None:

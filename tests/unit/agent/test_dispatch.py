@@ -12,6 +12,7 @@ import pytest
 
 from agent.admission import Admission, AdmissionSettings
 from agent.dispatch import ClientCall, Dispatcher, Outcome, canonical_json, derive_cache_key
+from agent.errors import SiteError
 from agent.inflight import LocalLoadCounters
 from agent.upstream import UpstreamPool
 from agent.view import PeerChoice, ServiceView, View
@@ -53,7 +54,8 @@ class PeerSite:
     and a peer that answers every forwarded call (the peer itself is another process in a swarm:
     tests/e2e/test_swarm.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fails: bool = False) -> None:
+        self.fails = fails
         self.asked: list[tuple[str, float]] = []
         self.forwarded: list[ClientCall] = []
 
@@ -63,6 +65,8 @@ class PeerSite:
 
     async def forward(self, call: ClientCall, peer: PeerChoice, deadline: float) -> Outcome:
         self.forwarded.append(call)
+        if self.fails:
+            return Outcome.failed(SiteError(502, "peer_failed", "peer site-p failed"), call.service, "peer")
         return Outcome(200, call.service, "peer", "p-1", result_json=b'{"from":"peer"}', site=peer.site_id)
 
 
@@ -78,6 +82,7 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
         limit: int = 8,
         queue: int = 8,
         peer: PeerSite | None = None,
+        spill_share: float = 1.0,
     ) -> Rig:
         instances = []
         workloads = []
@@ -98,7 +103,10 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
 
         def view_for(name: str) -> View:
             ready = runtime.ready_instances(name)
-            return View("site-t", SERVICES, {name: ready}, admission.loads(ready), False, 1, choose_peer=peer)
+            loads = admission.loads(ready)
+            return View(
+                "site-t", SERVICES, {name: ready}, loads, False, 1, choose_peer=peer, spill_share=spill_share
+            )
 
         dispatcher = Dispatcher(view_for, cache, runtime, RequestLog(), pool, admission, forwarder=peer)
         return Rig(dispatcher, runtime, cache, workloads)
@@ -362,3 +370,24 @@ async def test_a_request_a_peer_forwarded_here_is_refused_never_forwarded_again(
     assert peer.forwarded == [] and peer.asked == []
     rig.workloads[0].release.set()
     await held
+
+
+async def test_once_the_local_instance_is_predicted_past_the_spill_share_a_sooner_peer_serves(
+    make_rig,
+) -> None:
+    peer = PeerSite()
+    rig = await make_rig(service="plain", peer=peer, spill_share=1e-6)
+    first = await rig.serve({"q": 1}, service="plain")  # an idle, untried instance predicts 0 ms
+    second = await rig.serve({"q": 2}, service="plain")  # now it predicts its measured cost
+    assert first.tier == "local"
+    assert (second.status, second.tier, second.site) == (200, "peer", "site-p")
+    assert [call.payload for call in peer.forwarded] == [{"q": 2}] and rig.workloads[0].calls == 1
+
+
+async def test_a_spill_the_peer_cannot_take_is_served_by_the_local_instance(make_rig) -> None:
+    peer = PeerSite(fails=True)
+    rig = await make_rig(service="plain", peer=peer, spill_share=1e-6)
+    await rig.serve({"q": 1}, service="plain")
+    second = await rig.serve({"q": 2}, service="plain")
+    assert (second.status, second.tier) == (200, "local")
+    assert [call.payload for call in peer.forwarded] == [{"q": 2}] and rig.workloads[0].calls == 2

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections import Counter
 
 from agent.router import PlanRequest, plan
-from agent.view import LoadFigures, ServiceView, View
+from agent.view import LoadFigures, PeerChoice, PeerChooser, ServiceView, View
 from tools.runtimes.base import Instance
 
 
@@ -36,6 +36,8 @@ def _view(
     loads: dict[str, LoadFigures] | None = None,
     gpu_busy: bool = False,
     services: list[ServiceView] | None = None,
+    choose_peer: PeerChooser | None = None,
+    spill_share: float = 1.0,
 ) -> View:
     services = services or [_service("infer", gpu=True), _service("sensor", affinity="sensor_id")]
     by_service: dict[str, list[Instance]] = {}
@@ -48,7 +50,24 @@ def _view(
         loads=loads or {},
         gpu_busy=gpu_busy,
         retry_after_s=2,
+        choose_peer=choose_peer,
+        spill_share=spill_share,
     )
+
+
+class Balancer:
+    """The swarm's balancer at the router's edge: one peer predicted at `peer_ms`, offered when it
+    fits the bound the router asks with (`swarm.balancer` is tested on its own)."""
+
+    def __init__(self, peer_ms: float) -> None:
+        self.peer_ms = peer_ms
+        self.asked: list[tuple[str, float]] = []
+
+    def __call__(self, service: str, budget_ms: float) -> PeerChoice | None:
+        self.asked.append((service, budget_ms))
+        if self.peer_ms > budget_ms:
+            return None
+        return PeerChoice("site-p", "127.0.0.1", 1, predicted_ms=self.peer_ms, reason="p2c")
 
 
 def test_cache_hit_is_served_from_cache_without_an_instance() -> None:
@@ -141,3 +160,50 @@ def test_affinity_moves_only_when_pinned_instance_is_full_or_gone() -> None:
             assert moved == target, f"{key} moved from {target} to {moved} though its instance stayed"
     full = _view(instances, {"sensor-1": FULL})
     assert all(plan(PlanRequest("sensor", affinity=k), full).target != "sensor-1" for k in pinned)
+
+
+def test_a_local_instance_predicted_past_the_spill_share_hands_the_request_to_a_sooner_peer() -> None:
+    balancer = Balancer(peer_ms=12)
+    view = _view([_instance("infer-1")], {"infer-1": _busy(40)}, choose_peer=balancer, spill_share=0.25)
+    decision = plan(PlanRequest("infer", budget_ms=100), view)
+    assert (decision.tier, decision.target) == ("peer", "site-p")
+    assert decision.instance is not None and decision.instance.id == "infer-1"  # the fallback
+    assert balancer.asked == [("infer", 40)]  # only peers that answer before the local instance
+    assert "predicted at 40 ms, over 25% of the 100 ms left" in decision.reason
+
+
+def test_a_local_answer_within_the_spill_share_stays_local_and_asks_no_peer() -> None:
+    balancer = Balancer(peer_ms=1)
+    view = _view([_instance("infer-1")], {"infer-1": _busy(25)}, choose_peer=balancer, spill_share=0.25)
+    assert plan(PlanRequest("infer", budget_ms=100), view).target == "infer-1"
+    assert balancer.asked == []
+
+
+def test_a_slow_local_instance_stays_planned_when_no_peer_answers_sooner() -> None:
+    balancer = Balancer(peer_ms=45)
+    view = _view([_instance("infer-1")], {"infer-1": _busy(40)}, choose_peer=balancer, spill_share=0.25)
+    decision = plan(PlanRequest("infer", budget_ms=100), view)
+    assert (decision.tier, decision.target) == ("local", "infer-1")
+    assert balancer.asked == [("infer", 40)]
+
+
+def test_pinned_and_forwarded_requests_never_spill() -> None:
+    balancer = Balancer(peer_ms=1)
+    view = _view(
+        [_instance("sensor-1"), _instance("infer-1")],
+        {"sensor-1": _busy(60), "infer-1": _busy(60)},
+        choose_peer=balancer,
+        spill_share=0.25,
+    )
+    pinned = plan(PlanRequest("sensor", affinity="turbine-7", budget_ms=100), view)
+    forwarded = plan(PlanRequest("infer", budget_ms=100, forwarded=True), view)
+    assert (pinned.tier, pinned.target) == ("local", "sensor-1")
+    assert (forwarded.tier, forwarded.target) == ("local", "infer-1")
+    assert balancer.asked == []
+
+
+def test_by_default_peers_only_take_what_no_local_instance_can_serve_in_budget() -> None:
+    balancer = Balancer(peer_ms=1)
+    view = _view([_instance("infer-1")], {"infer-1": _busy(90)}, choose_peer=balancer)
+    assert plan(PlanRequest("infer", budget_ms=100), view).tier == "local"
+    assert plan(PlanRequest("infer", budget_ms=80), view).tier == "peer"

@@ -11,7 +11,7 @@ import pytest
 
 from swarm.balancer import (
     FORWARD_OVERHEAD_MS,
-    PeerChoice,
+    BalancerPick,
     Policy,
     RoundRobinState,
     choose_peer,
@@ -55,7 +55,7 @@ POLICIES: list[Policy] = ["default", "p2c", "least-loaded", "round-robin"]
 
 def choose(
     entries: list[PeerEntry], policy: Policy, budget_ms: float = 50.0, seed: int = 1, service: str = "sensor"
-) -> PeerChoice | None:
+) -> BalancerPick | None:
     return choose_peer(service, budget_ms, entries, policy, random.Random(seed), RoundRobinState())
 
 
@@ -99,7 +99,7 @@ def test_p2c_picks_the_better_of_the_two_it_draws() -> None:
     assert only is not None and "the only one" in only.reason
 
 
-def other_named_in(choice: PeerChoice, first: PeerEntry, second: PeerEntry) -> bool:
+def other_named_in(choice: BalancerPick, first: PeerEntry, second: PeerEntry) -> bool:
     """The reason names the candidate that lost."""
     loser = second if choice.site_id == first.site_id else first
     return f"over {loser.site_id}'s" in choice.reason
