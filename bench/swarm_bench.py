@@ -1,6 +1,7 @@
 """Benchmark of a 3-site swarm on loopback: forwarding overhead, leader failover, 2x one site's load.
 
-Run: `.venv/bin/python bench/swarm_bench.py [--quick] [--kills K]`.
+Run: `.venv/bin/python bench/swarm_bench.py [--quick] [--kills K] [--runtime docker|local]
+[--cpus C] [--cpu-period-ms P]`.
 Prints tables, writes `bench/results/swarm-latest.json`; exits 0 when every target passes, 1
 otherwise, 130 when interrupted.
 
@@ -10,7 +11,10 @@ Method
    `api.launcher.SiteProcess`) on free loopback ports, each with its own API port, Raft port and
    temporary data dir, peers of each other (`--peers ID=URL@127.0.0.1:RAFT`), one generated
    `MEC_PEER_SECRET`, generated client and operator keys shared by the three, and every other
-   MEC_* variable of the caller dropped (so: the embedded defaults, embedded Raft included).
+   MEC_* variable of the caller dropped (so: the embedded defaults, embedded Raft included),
+   except the runtime: Docker by default, with each inference instance limited to `--cpus`
+   (0.25) per `--cpu-period-ms` (10 ms) CFS period, so that what bounds one site is its own
+   instance, as at a real site, and not the two cores all three sites share here.
    The bench waits until every site reports the same leader and every site is a member.
 2. Forwarding overhead. `sensor` is scaled to 1 replica and moved to site-2 (so site-1 and
    site-3 run none); the bench waits until `GET /v1/services` on each site shows that and
@@ -20,13 +24,14 @@ Method
    warm-up of each. Latency is from each request's scheduled send time to the end of its answer.
    Reported: p50/p99 of the 200s of each, p50(b) - p50(a) (pooled over the rounds, and per
    round), the share of (b)'s 200s whose `route.tier` is `peer`, and the 5xx counts.
-3. Capacity of one site for `sensor` (still one instance, on site-2, none on the peers, so
-   site-2 cannot hand work on): an open-loop ramp against site-2 (rates x 1.25 per step full,
-   x 1.5 quick); a step passes when >= 99 % of its scheduled requests got a 200 within the
+3. Capacity of one site for `inference` (scaled to 1 replica and moved to site-2, so the peers
+   run none and site-2 cannot hand work on; each request a distinct text of `TEXT_WORDS` words,
+   about 3 ms of CPU, never a cache hit): an open-loop ramp against site-2 from 20 req/s (x 1.25
+   per step full, x 1.5 quick); a step passes when >= 99 % of its scheduled requests got a 200 within the
    budget from their scheduled instant and none got a 5xx or no answer. A failing step is run
    once more (noise on a shared machine only ever makes a step fail); the capacity is the
    highest passing rate.
-4. 2x one site's capacity. `sensor` is scaled to 3 replicas (one per site; checked), then 2x
+4. 2x one site's capacity. `inference` is scaled to 3 replicas (one per site; checked), then 2x
    the capacity of step 3 is offered to site-1 alone, open loop, budget 200 ms. Reported: the
    share of scheduled requests answered 200 within budget, the 5xx count, the share of the 200s
    served by a peer (`route.tier == "peer"`) and by which site.
@@ -45,10 +50,10 @@ engine (the schedule, connections and latency accounting of `overload_bench.py`)
 of its own, fed one command per line. Two hooks on `openloop`'s module functions, in that
 process only: `payload` gives each sensor request its own `sensor_id`, and `site_total_us`
 (called once per 200 answer, with its body) also notes the answer's `route.tier` and
-`route.site`. Above 2,500 req/s the schedule is split over more processes (interleaved).
+`route.site`; inference requests get their own texts the same way. Above 2,500 req/s the schedule is split over more processes (interleaved).
 
-Every load run also reports the CPU used by each site's front door and by its workloads, by the
-generators and by this process, in % of one core; how busy the whole machine was and the share
+Every load run also reports the CPU used by each site's front door and by its workloads (under
+Docker: by all workload containers together, as "containers"), by the generators and by this process, in % of one core; how busy the whole machine was and the share
 of it taken by processes outside the bench ("others"), in % of all cores; the load average; the
 503s the target's front door wrote before reading the body (`admission.door.refused` of
 `GET /v1/metrics/snapshot`, before and after: such a request never reaches the router, so no
