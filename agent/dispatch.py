@@ -205,6 +205,10 @@ class Dispatcher:
         self._shared: dict[tuple[str, str, str], _SharedCall] = {}
         self._typical_ms: dict[str, float] = {}
         self.late = 0
+        self.hedged = 0
+        """Local calls also sent to a peer because they were slow (`_hedged`)."""
+        self.hedges_won = 0
+        """Of those, the ones the peer answered first."""
         """Answers that were ready after their budget (sent as 504, never as 200)."""
 
     async def serve(self, call: ClientCall) -> Outcome:
@@ -275,7 +279,11 @@ class Dispatcher:
             outcome = Outcome(200, service.name, "cache", "cache", result_json=cached, cached=True)
         elif decision.tier == "local":
             job = _Job(call, service, request, decision, view, deadline, timings)
-            outcome = await self._serve_local(job, cache_key)
+            if cache_key is not None and view.hedge_share is not None and not call.forwarded:
+                hedge_at = arrived + view.hedge_share * budget_ms / 1000
+                outcome = await self._hedged(job, cache_key, hedge_at)
+            else:
+                outcome = await self._serve_local(job, cache_key)
             if outcome.tier == "reject" and outcome.status == 503 and not call.forwarded:
                 # The instance's gate refused it before anything was sent (its queue was full, or
                 # standing): a peer with room may still answer within what is left.
@@ -302,6 +310,39 @@ class Dispatcher:
         if cache_key is not None:
             return await self._call_once_per_key(job, cache_key)
         return await self._call_instance(job)
+
+    async def _hedged(self, job: _Job, cache_key: str, hedge_at: float) -> Outcome:
+        """A cacheable request's local call, hedged: if it has not answered by `hedge_at`, the same
+        request also goes to a peer that can answer in what is left, and the first 200 wins.
+
+        After "The Tail at Scale" (Dean and Barroso, 2013): a request still unanswered well past
+        its expected time is the tail, and a second copy elsewhere cuts it for a few percent more
+        load. Only cacheable services are hedged: their answer depends only on the payload, so
+        computing it twice is harmless. The local call is not cancelled when the peer wins: it is
+        the shared call of its cache key, and its answer fills the cache when it comes.
+        """
+        local: asyncio.Future[Outcome] = asyncio.ensure_future(self._call_once_per_key(job, cache_key))
+        done, _ = await asyncio.wait((local,), timeout=max(0.0, hedge_at - time.perf_counter()))
+        if done:
+            return local.result()
+        peer = self._peer_for(job.view, job.service.name, job.deadline)
+        if peer is None:
+            return await local
+        self.hedged += 1
+        remote: asyncio.Future[Outcome] = asyncio.ensure_future(
+            self._forward(job.call, peer, job.deadline, job.timings)
+        )
+        pending: set[asyncio.Future[Outcome]] = {local, remote}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                if finished.result().status == 200:
+                    if finished is remote:
+                        self.hedges_won += 1
+                    for loser in pending:  # it ends by its own deadline; nobody waits for it
+                        loser.add_done_callback(_discard)
+                    return finished.result()
+        return local.result()  # neither answered: the local call's error says what went wrong
 
     def _peer_for(self, view: View, service: str, deadline: float) -> PeerChoice | None:
         """A peer for a request the local instances refused, if the swarm has one in time."""
@@ -541,6 +582,12 @@ class Dispatcher:
         outcome.timings_ms = timings
         self.requests.record(outcome.service, outcome.tier, outcome.status, timings["total"])
         return outcome
+
+
+def _discard(future: asyncio.Future[Outcome]) -> None:
+    """Retrieve the result of a call nobody waits for any more."""
+    if not future.cancelled():
+        future.exception()
 
 
 def canonical_json(payload: Mapping[str, Any]) -> bytes:

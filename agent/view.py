@@ -109,3 +109,6 @@ class View:
     spill_share: float = 1.0
     """A local answer predicted later than this share of the remaining budget is handed to a peer
     predicted to answer sooner (1: peers only take what no local instance can serve in budget)."""
+    hedge_share: float | None = None
+    """A cacheable request its local instance has not answered after this share of its budget is
+    also sent to a peer; the first 200 wins (None: never hedged)."""

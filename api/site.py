@@ -229,6 +229,8 @@ class Site:
             "door": self.door.stats(),
             "instances": {i.id: self.admission.gate(i).figures() for i in self.runtime.instances()},
             "late": self.dispatcher.late,
+            "hedged": self.dispatcher.hedged,
+            "hedges_won": self.dispatcher.hedges_won,
         }
 
     def overloaded(self) -> bool:
@@ -310,6 +312,7 @@ class Site:
             retry_after_s=self.settings.retry_after_s,
             choose_peer=None if self.swarm is None else self.swarm.choose,
             spill_share=self.settings.peer_spill_share,
+            hedge_share=self.settings.peer_hedge_share,
         )
 
     async def start(self) -> None:

@@ -83,6 +83,7 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
         queue: int = 8,
         peer: PeerSite | None = None,
         spill_share: float = 1.0,
+        hedge_share: float | None = None,
     ) -> Rig:
         instances = []
         workloads = []
@@ -105,7 +106,15 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
             ready = runtime.ready_instances(name)
             loads = admission.loads(ready)
             return View(
-                "site-t", SERVICES, {name: ready}, loads, False, 1, choose_peer=peer, spill_share=spill_share
+                "site-t",
+                SERVICES,
+                {name: ready},
+                loads,
+                False,
+                1,
+                choose_peer=peer,
+                spill_share=spill_share,
+                hedge_share=hedge_share,
             )
 
         dispatcher = Dispatcher(view_for, cache, runtime, RequestLog(), pool, admission, forwarder=peer)
@@ -391,3 +400,35 @@ async def test_a_spill_the_peer_cannot_take_is_served_by_the_local_instance(make
     second = await rig.serve({"q": 2}, service="plain")
     assert (second.status, second.tier) == (200, "local")
     assert [call.payload for call in peer.forwarded] == [{"q": 2}] and rig.workloads[0].calls == 2
+
+
+async def test_a_cacheable_call_still_unanswered_at_the_hedge_point_is_answered_by_a_peer(make_rig) -> None:
+    peer = PeerSite()
+    rig = await make_rig(peer=peer, hedge_share=0.01)  # 20 ms of the 2 s budget
+    hedged = await rig.serve({"mode": "hold"})
+    assert (hedged.status, hedged.tier, hedged.site) == (200, "peer", "site-p")
+    assert [call.payload for call in peer.forwarded] == [{"mode": "hold"}]
+    assert (rig.dispatcher.hedged, rig.dispatcher.hedges_won) == (1, 1)
+    rig.workloads[0].release.set()  # the local call was left running: its answer fills the cache
+    deadline = asyncio.get_running_loop().time() + 10
+    while (again := await rig.serve({"mode": "hold"})).tier != "cache":
+        assert asyncio.get_running_loop().time() < deadline, "the local answer never reached the cache"
+        await asyncio.sleep(0.01)
+    assert b"served_by" in (again.result_json or b"") and rig.workloads[0].calls == 1
+
+
+async def test_a_call_answered_before_the_hedge_point_is_not_sent_to_a_peer(make_rig) -> None:
+    peer = PeerSite()
+    rig = await make_rig(peer=peer, hedge_share=0.9)
+    served = await rig.serve({"q": 1})
+    assert (served.status, served.tier) == (200, "local")
+    assert peer.asked == [] and peer.forwarded == [] and rig.dispatcher.hedged == 0
+
+
+async def test_a_call_to_an_uncacheable_service_is_never_hedged(make_rig) -> None:
+    peer = PeerSite()
+    rig = await make_rig(service="plain", peer=peer, hedge_share=0.01)
+    late = await rig.serve({"mode": "hold"}, service="plain", latency_budget_ms=100)
+    assert (late.status, late.tier) == (504, "local")
+    assert peer.forwarded == [] and rig.dispatcher.hedged == 0
+    rig.workloads[0].release.set()
