@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from agent.admission import Admission, InstanceGate
 from agent.errors import SiteError
+from agent.hedging import HedgeBudget
 from agent.router import Plan, PlanRequest, Tier, plan
 from agent.scopes import Principal
 from agent.upstream import (
@@ -205,6 +206,7 @@ class Dispatcher:
         self._shared: dict[tuple[str, str, str], _SharedCall] = {}
         self._typical_ms: dict[str, float] = {}
         self.late = 0
+        self.hedges = HedgeBudget()
         self.hedged = 0
         """Local calls also sent to a peer because they were slow (`_hedged`)."""
         self.hedges_won = 0
@@ -319,14 +321,16 @@ class Dispatcher:
         its expected time is the tail, and a second copy elsewhere cuts it for a few percent more
         load. Only cacheable services are hedged: their answer depends only on the payload, so
         computing it twice is harmless. The local call is not cancelled when the peer wins: it is
-        the shared call of its cache key, and its answer fills the cache when it comes.
+        the shared call of its cache key, and its answer fills the cache when it comes. Hedges are
+        paid from `self.hedges` (at most a tenth of the hedgeable requests, over time).
         """
+        self.hedges.deposit()
         local: asyncio.Future[Outcome] = asyncio.ensure_future(self._call_once_per_key(job, cache_key))
         done, _ = await asyncio.wait((local,), timeout=max(0.0, hedge_at - time.perf_counter()))
         if done:
             return local.result()
         peer = self._peer_for(job.view, job.service.name, job.deadline)
-        if peer is None:
+        if peer is None or not self.hedges.withdraw():
             return await local
         self.hedged += 1
         remote: asyncio.Future[Outcome] = asyncio.ensure_future(

@@ -13,6 +13,7 @@ import pytest
 from agent.admission import Admission, AdmissionSettings
 from agent.dispatch import ClientCall, Dispatcher, Outcome, canonical_json, derive_cache_key
 from agent.errors import SiteError
+from agent.hedging import HedgeBudget
 from agent.inflight import LocalLoadCounters
 from agent.upstream import UpstreamPool
 from agent.view import PeerChoice, ServiceView, View
@@ -432,3 +433,14 @@ async def test_a_call_to_an_uncacheable_service_is_never_hedged(make_rig) -> Non
     assert (late.status, late.tier) == (504, "local")
     assert peer.forwarded == [] and rig.dispatcher.hedged == 0
     rig.workloads[0].release.set()
+
+
+async def test_a_slow_call_waits_for_its_instance_once_the_hedge_budget_is_spent(make_rig) -> None:
+    peer = PeerSite()
+    rig = await make_rig(peer=peer, hedge_share=0.01)
+    rig.dispatcher.hedges = HedgeBudget(ratio=0.1, burst=1, tokens=0)
+    waiting = asyncio.create_task(rig.serve({"mode": "hold"}))
+    await _until(lambda: rig.dispatcher.hedges.refused == 1)
+    assert not waiting.done() and peer.forwarded == []
+    rig.workloads[0].release.set()
+    assert (await waiting).tier == "local"
