@@ -312,7 +312,7 @@ class Site:
             retry_after_s=self.settings.retry_after_s,
             choose_peer=None if self.swarm is None else self.swarm.choose,
             spill_share=self.settings.peer_spill_share,
-            hedge_share=self.settings.peer_hedge_share,
+            hedge_share=self.settings.peer_hedge_share if self.settings.peer_hedge_share < 1 else None,
         )
 
     async def start(self) -> None:

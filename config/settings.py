@@ -309,13 +309,13 @@ class Settings(BaseSettings):
         "of its remaining budget goes to a peer predicted to answer sooner, when there is one "
         "(1: only what no local instance can answer in budget goes to peers).",
     )
-    peer_hedge_share: float | None = Field(
+    peer_hedge_share: float = Field(
         default=0.5,
         gt=0,
-        lt=1,
+        le=1,
         description="A request to a cacheable service that its local instance has not answered after this "
         "share of its budget is also sent to a peer that can answer in the rest; the first answer wins "
-        "(null: never hedge).",
+        "(1: never hedge).",
     )
 
     image_allowlist: CommaList = Field(
