@@ -318,6 +318,24 @@ class Settings(BaseSettings):
         "(1: never hedge).",
     )
 
+    alert_webhook_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+",
+        description="Where alerts are POSTed (monitoring.webhook), spooled under data_dir/alerts/webhook "
+        "while the receiver is down; none: no webhook.",
+    )
+    alert_webhook_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Shared secret of the alert webhook's X-Mec-Signature (HMAC-SHA256); needed with its URL.",
+    )
+    alert_webhook_retry_window_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="An alert the webhook receiver has not accepted this long after it fired is moved to "
+        "data_dir/alerts/webhook/expired and no longer sent.",
+    )
+
     image_allowlist: CommaList = Field(
         default_factory=list, description="Images that may be started; the services' images are always in."
     )
@@ -331,6 +349,11 @@ class Settings(BaseSettings):
     @field_validator("config", mode="before")
     @classmethod
     def _empty_config_is_none(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("alert_webhook_url", "alert_webhook_secret", mode="before")
+    @classmethod
+    def _empty_webhook_is_none(cls, value: Any) -> Any:
         return value or None
 
     @field_validator(
@@ -380,6 +403,15 @@ class Settings(BaseSettings):
             raise ValueError("peers need a shared peer_secret (MEC_PEER_SECRET, at least 16 characters)")
         if self.peers and self.port == 0:
             raise ValueError("a site with peers needs a fixed port (its peers are told it)")
+        return self
+
+    @model_validator(mode="after")
+    def _alert_webhook_needs_secret(self) -> Settings:
+        if self.alert_webhook_url and not self.alert_webhook_secret:
+            raise ValueError(
+                "alert_webhook_url needs alert_webhook_secret (MEC_ALERT_WEBHOOK_SECRET, at least 16 "
+                "characters) to sign the alerts it is sent"
+            )
         return self
 
     @property

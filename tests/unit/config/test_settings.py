@@ -69,6 +69,27 @@ def test_keys_are_comma_separated_and_must_be_long(monkeypatch: pytest.MonkeyPat
         load_settings()
 
 
+def test_an_alert_webhook_url_needs_a_long_enough_secret(bare_env: pytest.MonkeyPatch) -> None:
+    assert load_settings().alert_webhook_url is None
+    bare_env.setenv("MEC_ALERT_WEBHOOK_URL", "https://alerts.example.net/hooks/mec")
+    with pytest.raises(ValidationError, match="alert_webhook_url needs alert_webhook_secret"):
+        load_settings()
+    bare_env.setenv("MEC_ALERT_WEBHOOK_SECRET", "too-short")
+    with pytest.raises(ValidationError, match="at least 16"):
+        load_settings()
+    bare_env.setenv("MEC_ALERT_WEBHOOK_SECRET", "webhook-secret-0123456789")
+    bare_env.setenv("MEC_ALERT_WEBHOOK_RETRY_WINDOW_S", "3600")
+    settings = load_settings()
+    assert settings.alert_webhook_url == "https://alerts.example.net/hooks/mec"
+    assert settings.alert_webhook_secret == "webhook-secret-0123456789"
+    assert settings.alert_webhook_retry_window_s == 3600.0
+    bare_env.setenv("MEC_ALERT_WEBHOOK_URL", "alerts.example.net")
+    with pytest.raises(ValidationError, match="alert_webhook_url"):
+        load_settings()
+    bare_env.setenv("MEC_ALERT_WEBHOOK_URL", "")
+    assert load_settings().alert_webhook_url is None
+
+
 def test_extra_images_join_the_service_images_in_the_allowlist(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEC_IMAGE_ALLOWLIST", "mec-extra:1")
     assert load_settings().image_allowlist == ["mec-extra:1", "mec-workloads:0.1"]
