@@ -74,6 +74,53 @@ class ServiceSettings(BaseModel):
         return self
 
 
+AlertMetric = Literal[
+    "cpu_percent",
+    "memory_percent",
+    "gpu_utilization",
+    "gpu_memory_percent",
+    "inflight",
+    "p99_budget_ratio",
+    "error_rate",
+    "peer_unreachable",
+    "dependency_down",
+]
+"""What an alert rule can watch, and its subjects: the host's CPU and memory % (`host`); each GPU's
+utilisation and memory % (`gpu0`, ...); per service, the requests in flight, the window's p99
+over the service's default budget, and the share of its requests that failed (5xx); per peer, 1
+while its load report is stale; per dependency (`redis`, `docker`, `consensus`), 1 while it is
+unhealthy."""
+AlertSeverity = Literal["info", "warning", "critical"]
+
+
+class AlertRule(BaseModel):
+    """One alert rule: fire when `metric` stays above `high` for `for_s`, resolve once it has stayed
+    below `low` for `clear_s` (see `monitoring.alerts`)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")
+    metric: AlertMetric
+    high: float
+    low: float | None = Field(default=None, description="Resolve threshold; default: `high`.")
+    for_s: float = Field(default=10.0, ge=0, description="How long above `high` before it fires.")
+    clear_s: float = Field(default=30.0, ge=0, description="How long below `low` before it resolves.")
+    severity: AlertSeverity = "warning"
+    subject: str | None = Field(default=None, description="Only this subject (a service, `gpu0`, a peer).")
+    fold_s: float = Field(
+        default=300.0, ge=0, description="A repeat this soon after the end reopens the same alert."
+    )
+
+    @model_validator(mode="after")
+    def _low_at_most_high(self) -> AlertRule:
+        if self.low is not None and self.low > self.high:
+            raise ValueError(f"alert rule {self.name!r}: low ({self.low:g}) is above high ({self.high:g})")
+        return self
+
+    @property
+    def resolve_below(self) -> float:
+        """The value the metric must fall below for the alert to start resolving."""
+        return self.high if self.low is None else self.low
+
+
 def usable_cores() -> int:
     """The CPU cores this process may run on."""
     try:
@@ -318,6 +365,9 @@ class Settings(BaseSettings):
         "(1: never hedge).",
     )
 
+    alert_rules: list[AlertRule] = Field(
+        default_factory=list, description="The alert rules (the embedded defaults are in default.yaml)."
+    )
     alert_webhook_url: str | None = Field(
         default=None,
         pattern=r"^https?://[^/?#\s]+",
