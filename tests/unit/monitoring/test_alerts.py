@@ -129,7 +129,7 @@ def test_a_restarted_engine_restores_alerts_without_announcing_them_again() -> N
 
 
 def test_rules_with_low_above_high_or_a_duplicate_name_are_refused() -> None:
-    with pytest.raises(ValidationError, match="low .* is above high"):
+    with pytest.raises(ValidationError, match=r"low .* is above high"):
         AlertRule(name="bad", metric="cpu_percent", high=50, low=60)
     with pytest.raises(ValueError, match="unique"):
         AlertEngine([CPU, CPU])
