@@ -25,6 +25,7 @@ ACTION_SCOPES: Mapping[str, Scope] = {
     "container_ops": "operator",
     "cache_manager": "operator",
     "swarm_ops": "operator",
+    "alert_ops": "operator",
     "site.health_detail": "operator",
 }
 """The scope of each action. A tool's entry covers all of its actions (reads included): every
@@ -34,6 +35,8 @@ placements and load)."""
 SAME_AS_TOOL: Mapping[str, str] = {
     "sites.list": "swarm_ops",  # GET /v1/sites shows the swarm's sites, as swarm_ops "sites" does
     "services.scale": "swarm_ops",  # POST /v1/services/{name}/scale|move: swarm_ops "scale"/"move"
+    "alerts.list": "alert_ops",  # GET /v1/alerts and its stream: alert_ops "list"
+    "alerts.ack": "alert_ops",  # POST /v1/alerts/{id}/ack: alert_ops "ack"
 }
 """REST actions with a name of their own that show a tool's data: each takes its tool's scope
 from the one entry above, so the route and the tool cannot drift apart."""

@@ -22,13 +22,17 @@ from api.auth import KeyRing, generate_key, write_private_json
 from api.door import FrontDoor
 from api.swarm_node import SiteSwarmBackend, SwarmNode
 from config.settings import Settings
+from monitoring.alert_service import AlertService, AlertSink, JsonLogSink
+from monitoring.alerts import AlertEngine
+from monitoring.readings import site_readings
 from monitoring.sampler import Sampler
+from monitoring.webhook import WebhookSink
 from prompts import load_prompt
 from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
 from tools.caches.redis import RedisCache
 from tools.container_ops import container_ops_tool
-from tools.metrics_monitor import MetricsMonitor, RequestLog, metrics_monitor_tool
+from tools.metrics_monitor import MetricsMonitor, MetricsSnapshot, RequestLog, metrics_monitor_tool
 from tools.probes import GpuProbe, HostProbe
 from tools.runtimes.base import Runtime, WorkloadRuntimeError, WorkloadSpec
 from tools.swarm_ops import swarm_ops_tool
@@ -188,8 +192,11 @@ class Site:
     worker_count: int = 1
     swarm: SwarmNode | None = None
     """This site's part of the swarm (with `peers` configured); None: a site on its own."""
+    alerts: AlertService = field(init=False)
+    """The alert rules over every sample; evaluated by the first front-door process only."""
 
     def __post_init__(self) -> None:
+        self.alerts = AlertService(AlertEngine(self.settings.alert_rules))
         self.dispatcher = Dispatcher(
             self.view_for,
             self.cache,
@@ -337,11 +344,46 @@ class Site:
             await self.stop()
             raise
         await self.cache.open()
+        if self.worker_index == 0:  # one process evaluates the rules and owns the webhook's spool
+            self.alerts.sinks = self._alert_sinks()
+            await self.alerts.start()
+            self.sampler.listeners.append(self.evaluate_alerts)
         await self.sampler.start()
         self.admission.lag.start()
         if self.swarm is not None:
             await self.swarm.start()
         self.started = True
+
+    def _alert_sinks(self) -> list[AlertSink]:
+        settings = self.settings
+        sinks: list[AlertSink] = [JsonLogSink()]
+        if settings.alert_webhook_url:
+            assert settings.alert_webhook_secret is not None  # the settings refuse a URL without one
+            sinks.append(
+                WebhookSink(
+                    settings.alert_webhook_url,
+                    settings.alert_webhook_secret,
+                    settings.data_dir / "alerts" / "webhook",
+                    retry_window_s=settings.alert_webhook_retry_window_s,
+                )
+            )
+        return sinks
+
+    def evaluate_alerts(self, snapshot: MetricsSnapshot) -> None:
+        """The sampler's listener: the alert rules over this sample and the site's live state."""
+        inflight: dict[str, int] = {}
+        for instance in self.runtime.instances():
+            gate = self.admission.gate(instance)
+            inflight[instance.service] = inflight.get(instance.service, 0) + gate.outstanding
+        down = {"redis": self.cache.redis is not None and not self.cache.redis_up}
+        if self.runtime.name == "docker":
+            down["docker"] = not self.runtime.reachable
+        stale: dict[str, bool] = {}
+        if self.swarm is not None:
+            down["consensus"] = not self.swarm.consensus_healthy
+            stale = self.swarm.stale_peers()
+        budgets = {name: float(view.default_budget_ms) for name, view in self.services.items()}
+        self.alerts.evaluate(site_readings(snapshot, inflight, budgets, stale, down))
 
     def unready_services(self) -> list[str]:
         """Services configured with replicas that have no ready instance now."""
@@ -356,6 +398,7 @@ class Site:
         if self.swarm is not None:
             await self.swarm.stop()
         await self.sampler.stop()
+        await self.alerts.stop()
         await self.admission.lag.stop()
         try:
             await self.runtime.close()

@@ -240,6 +240,15 @@ class SwarmNode:
         address = self.peers.get(leader)
         return address.url if address is not None else None
 
+    def stale_peers(self) -> dict[str, bool]:
+        """Each peer: True while the load table has no fresh report of it (an alert reads it)."""
+        fresh = {entry.site_id for entry in self.table.fresh()}
+        return {site_id: site_id not in fresh for site_id in self.peers}
+
+    @property
+    def consensus_healthy(self) -> bool:
+        return self.consensus.status().healthy
+
     def report(self) -> dict[str, Any]:
         """`GET /v1/sites`: the leader, the term, every site with its health and load, placements."""
         status = self.consensus.status()

@@ -242,16 +242,16 @@ class AlertEngine:
         """Active alerts, optionally of one metric (what the overload state machine reads)."""
         return [a for a in self._active.values() if metric is None or a.metric == metric]
 
-    def ack(self, alert_id: str, by: str, now: float) -> AlertEvent | None:
-        """Acknowledge an alert (active or resolved); None when there is no such alert. Acknowledging
-        twice keeps the first acknowledgement (and gives no new event)."""
+    def ack(self, alert_id: str, by: str, now: float) -> tuple[Alert, AlertEvent | None] | None:
+        """Acknowledge an alert (active or resolved): the alert and the event to publish; None when
+        there is no such alert. Acknowledging twice keeps the first acknowledgement (no event)."""
         alert = self.get(alert_id)
         if alert is None:
             return None
-        if alert.acknowledged_at is None:
-            alert.acknowledged_at, alert.acknowledged_by = now, by
-            return AlertEvent("acknowledged", alert.to_dict(), now)
-        return AlertEvent("acknowledged", alert.to_dict(), alert.acknowledged_at)
+        if alert.acknowledged_at is not None:
+            return alert, None
+        alert.acknowledged_at, alert.acknowledged_by = now, by
+        return alert, AlertEvent("acknowledged", alert.to_dict(), now)
 
     def restore(self, alerts: Iterable[dict[str, Any]]) -> int:
         """Load alerts kept elsewhere (Redis) at start: resolved ones for reading, active ones as

@@ -93,5 +93,6 @@ async def snapshot(site: SiteDep) -> dict[str, Any]:
             "start_errors": site.start_errors,
         },
         "admission": site.admission_report(),
+        "alerts": site.alerts.report(),
         "worker": {"index": site.worker_index, "pid": os.getpid(), "count": site.worker_count},
     }

@@ -153,6 +153,11 @@ class Runtime(ABC):
     """False for a view of a runtime that another process owns (`RemoteRuntime`): whoever uses it
     neither starts the configured services nor stops them when it closes."""
 
+    @property
+    def reachable(self) -> bool:
+        """Whether what runs the instances answers (a Docker engine does not always); an alert reads it."""
+        return True
+
     def __init__(self, specs: dict[str, WorkloadSpec], image_allowlist: set[str], site_id: str) -> None:
         self.specs = dict(specs)
         self.image_allowlist = frozenset(image_allowlist)

@@ -242,6 +242,11 @@ class DockerRuntime(Runtime):
         return self._gpu_engine
 
     @property
+    def reachable(self) -> bool:
+        """False from a supervision pass that found the engine unreachable until one that reached it."""
+        return not self._engine_down_logged
+
+    @property
     def label_filters(self) -> list[str]:
         """The label filters that select this site's containers."""
         return [f"{LABEL_SITE}={self.site_id}", f"{LABEL_MANAGED}=true"]
