@@ -361,7 +361,10 @@ class Settings(BaseSettings):
         description="A cloud endpoint's time to answer until one answer has been measured.",
     )
     cloud_breaker_failures: int = Field(
-        default=5, ge=1, le=1000, description="Consecutive failures of a cloud endpoint that open its breaker."
+        default=5,
+        ge=1,
+        le=1000,
+        description="Consecutive failures of a cloud endpoint that open its breaker.",
     )
     cloud_breaker_open_s: float = Field(
         default=5.0,
