@@ -19,6 +19,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -39,6 +40,26 @@ ModelKind = Literal["rules", "openai-compatible", "bedrock"]
 """The operator agent's model: the embedded rules, a local OpenAI-compatible server, or Bedrock."""
 MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
 CommaList = Annotated[list[str], NoDecode]
+
+
+def check_cloud_url(url: str) -> str:
+    """An http(s) URL with a host and no credentials (the token goes in `cloud_token`) nor fragment."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ValueError(f"cloud_url {url!r} must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port out of range
+    except ValueError as exc:
+        raise ValueError(f"cloud_url {url!r} is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"cloud_url {url!r} must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("cloud_url must not carry credentials; set cloud_token (MEC_CLOUD_TOKEN) instead")
+    if parts.fragment or url.endswith("#"):
+        raise ValueError(f"cloud_url {url!r} must not have a fragment")
+    if port == 0:
+        raise ValueError(f"cloud_url {url!r} has port 0")
+    return url
 
 
 class ServiceSettings(BaseModel):
@@ -64,6 +85,21 @@ class ServiceSettings(BaseModel):
     cpus: float = Field(default=1.0, gt=0)
     start_timeout_s: float = Field(default=30.0, gt=0)
     example_payload: dict[str, Any] = Field(default_factory=dict)
+    cloud_url: str | None = Field(
+        default=None,
+        description="The service's cloud compute endpoint (an API Gateway, ALB or Lambda function URL): "
+        "requests no local instance and no peer can answer in budget go there. None: no cloud.",
+    )
+
+    @field_validator("cloud_url", mode="before")
+    @classmethod
+    def _empty_cloud_url_is_none(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("cloud_url")
+    @classmethod
+    def _cloud_url_is_http(cls, value: str | None) -> str | None:
+        return None if value is None else check_cloud_url(value)
 
     @model_validator(mode="after")
     def _ttl_within_max(self) -> ServiceSettings:
@@ -386,6 +422,39 @@ class Settings(BaseSettings):
         "data_dir/alerts/webhook/expired and no longer sent.",
     )
 
+    cloud_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Bearer token sent to every cloud compute endpoint (`Authorization: Bearer …`); none: "
+        "no Authorization header.",
+    )
+    cloud_assumed_rtt_ms: float = Field(
+        default=50.0,
+        gt=0,
+        le=60_000,
+        description="A cloud endpoint's time to answer until one answer has been measured.",
+    )
+    cloud_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Consecutive failures of a cloud endpoint that open its breaker.",
+    )
+    cloud_breaker_open_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How long an open breaker refuses before a probe; doubles after each failed probe.",
+    )
+    cloud_breaker_max_open_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="The longest an open breaker refuses before a probe."
+    )
+    cloud_max_connections: int = Field(
+        default=64, ge=1, le=10_000, description="Connections the site opens to cloud endpoints at most."
+    )
+
     image_allowlist: CommaList = Field(
         default_factory=list, description="Images that may be started; the services' images are always in."
     )
@@ -396,7 +465,7 @@ class Settings(BaseSettings):
         description="The operator's YAML file (`--config FILE`), read by its own source; not dumped.",
     )
 
-    @field_validator("config", mode="before")
+    @field_validator("config", "cloud_token", mode="before")
     @classmethod
     def _empty_config_is_none(cls, value: Any) -> Any:
         return value or None
@@ -462,6 +531,12 @@ class Settings(BaseSettings):
                 "alert_webhook_url needs alert_webhook_secret (MEC_ALERT_WEBHOOK_SECRET, at least 16 "
                 "characters) to sign the alerts it is sent"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _breaker_times_in_order(self) -> Settings:
+        if self.cloud_breaker_max_open_s < self.cloud_breaker_open_s:
+            raise ValueError("cloud_breaker_max_open_s must be at least cloud_breaker_open_s")
         return self
 
     @property

@@ -19,6 +19,7 @@ import pytest
 
 from api import launcher
 from api.launcher import ChildProcess
+from tests.support.cloud_endpoint import CloudEndpoint
 from tools.runtimes.base import free_port
 
 REQUIRE_INTEGRATION = os.environ.get("MEC_REQUIRE_INTEGRATION") == "1"
@@ -123,3 +124,13 @@ def site_factory(tmp_path: Path) -> Iterator[Callable[..., SiteProcess]]:
             return started.enter_context(site.start())
 
         yield start
+
+
+@pytest.fixture
+def cloud_endpoint() -> Iterator[CloudEndpoint]:
+    """A started stand-in cloud compute endpoint (`tests.support.cloud_endpoint`), stopped by pid."""
+    endpoint = CloudEndpoint()
+    try:
+        yield endpoint.start()
+    finally:
+        endpoint.stop()

@@ -244,3 +244,63 @@ def test_the_embedded_layer_is_read_from_a_zipped_package(tmp_path: Path) -> Non
         out.writestr("config/default.yaml", embedded)
     with zipfile.ZipFile(archive) as wheel:
         assert _YamlFile(Settings, zipfile.Path(wheel, "config/default.yaml"))() == yaml.safe_load(embedded)
+
+
+def test_a_service_takes_a_cloud_url_from_env_and_defaults_to_none(bare_env: pytest.MonkeyPatch) -> None:
+    assert load_settings().services["sensor"].cloud_url is None
+    url = "https://abcdef.lambda-url.eu-west-3.on.aws/sensor?stage=prod"
+    bare_env.setenv("MEC_SERVICES__SENSOR__CLOUD_URL", url)
+    settings = load_settings()
+    assert settings.services["sensor"].cloud_url == url
+    assert settings.services["sensor"].module == "workloads.sensor"
+    assert settings.services["inference"].cloud_url is None
+    bare_env.setenv("MEC_SERVICES__SENSOR__CLOUD_URL", "")
+    assert load_settings().services["sensor"].cloud_url is None
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://cloud.example.com/sensor", "http:// or https://"),
+        ("https:///sensor", "with a host"),
+        ("cloud.example.com/sensor", "http:// or https://"),
+        ("https://user:secret@cloud.example.com/", "must not carry credentials"),
+        ("https://cloud.example.com/sensor#x", "fragment"),
+        ("https://cloud.example.com:99999/", "not a valid URL"),
+        ("https://cloud.example.com/a b", "spaces or control characters"),
+        ("https://cloud.example.com/\r\nX: y", "spaces or control characters"),
+    ],
+)
+def test_a_cloud_url_must_be_plain_http_or_https(bare_env: pytest.MonkeyPatch, url: str, why: str) -> None:
+    bare_env.setenv("MEC_SERVICES__SENSOR__CLOUD_URL", url)
+    with pytest.raises(ValidationError, match=why):
+        load_settings()
+
+
+def test_cloud_settings_have_defaults_and_bounds(bare_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.cloud_token is None
+    assert (settings.cloud_assumed_rtt_ms, settings.cloud_breaker_failures) == (50.0, 5)
+    assert (settings.cloud_breaker_open_s, settings.cloud_breaker_max_open_s) == (5.0, 60.0)
+    bare_env.setenv("MEC_CLOUD_TOKEN", "tok-0123456789")
+    bare_env.setenv("MEC_CLOUD_BREAKER_FAILURES", "3")
+    bare_env.setenv("MEC_CLOUD_BREAKER_OPEN_S", "0.5")
+    settings = load_settings()
+    assert (settings.cloud_token, settings.cloud_breaker_failures) == ("tok-0123456789", 3)
+    assert settings.cloud_breaker_open_s == 0.5
+    bare_env.setenv("MEC_CLOUD_TOKEN", "")
+    assert load_settings().cloud_token is None
+    for name, value in [
+        ("MEC_CLOUD_TOKEN", "two words"),
+        ("MEC_CLOUD_BREAKER_FAILURES", "0"),
+        ("MEC_CLOUD_BREAKER_OPEN_S", "0"),
+        ("MEC_CLOUD_ASSUMED_RTT_MS", "-1"),
+        ("MEC_CLOUD_MAX_CONNECTIONS", "0"),
+    ]:
+        bare_env.setenv(name, value)
+        with pytest.raises(ValidationError, match=name.removeprefix("MEC_").lower()):
+            load_settings()
+        bare_env.delenv(name)
+    bare_env.setenv("MEC_CLOUD_BREAKER_OPEN_S", "90")
+    with pytest.raises(ValidationError, match="cloud_breaker_max_open_s must be at least"):
+        load_settings()
