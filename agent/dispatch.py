@@ -38,6 +38,7 @@ from agent.upstream import (
     UpstreamTimeout,
 )
 from agent.view import PeerChoice, ServiceView, View
+from swarm.cloud import CloudChoice
 from tools.cache_manager import CacheManager
 from tools.metrics_monitor import RequestLog
 from tools.runtimes.base import Runtime
@@ -96,6 +97,14 @@ SUSPECT_SLOWDOWN = 8.0
 """A call that timed out after waiting at least this many times the service's usual upstream time
 (and at least `SUSPECT_MIN_WAIT_MS`) counts against its instance."""
 TYPICAL_EWMA_ALPHA = 0.1
+
+
+class CloudSender(Protocol):
+    """Sends a request to its service's cloud endpoint (`agent.cloud_forwarding.CloudForwarder`)."""
+
+    async def forward(self, call: ClientCall, choice: CloudChoice, deadline: float) -> Outcome:
+        """The endpoint's answer; 502/503/504 when it fails, refuses or runs past `deadline`."""
+        ...
 
 
 class Forwarder(Protocol):
@@ -192,6 +201,7 @@ class Dispatcher:
         admission: Admission,
         upstream_timeout_s: float = 5.0,
         forwarder: Forwarder | None = None,
+        cloud: CloudSender | None = None,
     ) -> None:
         self._view_for = view_for
         self.cache = cache
@@ -202,6 +212,7 @@ class Dispatcher:
         self.upstream_timeout_s = upstream_timeout_s
         """Hard limit of one exchange, whoever still waits for it (a hung instance's calls end)."""
         self.forwarder = forwarder
+        self.cloud = cloud
         """How requests reach peer sites; None: a site on its own."""
         self._shared: dict[tuple[str, str, str], _SharedCall] = {}
         self._typical_ms: dict[str, float] = {}
@@ -290,8 +301,17 @@ class Dispatcher:
                 # The instance's gate refused it before anything was sent (its queue was full, or
                 # standing): a peer with room may still answer within what is left.
                 peer = self._peer_for(view, service.name, deadline)
+                cloud = None if peer is not None else self._cloud_for(view, service.name, deadline)
                 if peer is not None:
                     outcome = await self._forward(call, peer, deadline, timings)
+                elif cloud is not None and self.cloud is not None:
+                    sent = time.perf_counter()
+                    outcome = await self.cloud.forward(call, cloud, deadline)
+                    timings["cloud"] = _ms(sent, time.perf_counter())
+        elif decision.tier == "cloud" and decision.cloud is not None and self.cloud is not None:
+            sent = time.perf_counter()
+            outcome = await self.cloud.forward(call, decision.cloud, deadline)
+            timings["cloud"] = _ms(sent, time.perf_counter())
         elif decision.tier == "peer" and decision.peer is not None:
             outcome = await self._forward(call, decision.peer, deadline, timings)
             if (
@@ -354,6 +374,13 @@ class Dispatcher:
             return None
         left_ms = (deadline - time.perf_counter()) * 1000
         return view.choose_peer(service, left_ms) if left_ms > 0 else None
+
+    def _cloud_for(self, view: View, service: str, deadline: float) -> CloudChoice | None:
+        """The service's cloud endpoint for a request no local instance or peer took, if in time."""
+        if self.cloud is None or view.cloud is None:
+            return None
+        left_ms = (deadline - time.perf_counter()) * 1000
+        return view.cloud.choice(service, left_ms) if left_ms > 0 else None
 
     async def _forward(
         self, call: ClientCall, peer: PeerChoice, deadline: float, timings: dict[str, float]
@@ -559,7 +586,7 @@ class Dispatcher:
 
     @staticmethod
     def _reject(service: str, decision: Plan) -> Outcome:
-        code = "no_capacity" if decision.status == 503 else "rejected"
+        code = decision.code or ("no_capacity" if decision.status == 503 else "rejected")
         error = SiteError(decision.status, code, decision.reason, retry_after_s=decision.retry_after_s)
         return Outcome.failed(error, service)
 

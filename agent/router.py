@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.view import IDLE, PeerChoice, View
+from swarm.cloud import CloudChoice
 from tools.runtimes.base import Instance
 
 Tier = Literal["cache", "local", "peer", "cloud", "llm", "reject"]
@@ -52,6 +53,9 @@ class Plan:
     retry_after_s: int | None = None
     reason: str = ""
     peer: PeerChoice | None = None
+    cloud: CloudChoice | None = None
+    code: str | None = None
+    """The error code of a reject (default: `no_capacity` for a 503)."""
 
     @property
     def target(self) -> str:
@@ -59,6 +63,8 @@ class Plan:
             return "cache"
         if self.peer is not None:
             return self.peer.site_id
+        if self.cloud is not None:
+            return self.cloud.target
         return self.instance.id if self.instance is not None else ""
 
 
@@ -144,15 +150,33 @@ def _spill(request: PlanRequest, view: View, local: Instance, local_ms: float) -
 
 
 def _elsewhere(request: PlanRequest, view: View, why: str) -> Plan:
-    """No local instance will do: a peer that can answer in time, else a 503 at once."""
+    """No local instance will do: a peer that can answer in time, else the service's cloud endpoint
+    if it is expected to answer in time, else a 503 at once (with the breaker's Retry-After when
+    the cloud endpoint is failing)."""
     if request.forwarded:
         return _no_capacity(view, f"{why}, and a request a peer forwarded is not forwarded again")
-    if view.choose_peer is None:
+    if view.choose_peer is None and view.cloud is None:
         return _no_capacity(view, f"{why} and no peer or cloud is configured")
-    choice = view.choose_peer(request.service, request.budget_ms)
-    if choice is None:
-        return _no_capacity(view, f"{why} and no peer can answer within the budget")
-    return Plan(tier="peer", peer=choice, reason=f"{why}; {choice.reason or 'a peer has room'}")
+    if view.choose_peer is not None:
+        choice = view.choose_peer(request.service, request.budget_ms)
+        if choice is not None:
+            return Plan(tier="peer", peer=choice, reason=f"{why}; {choice.reason or 'a peer has room'}")
+    if view.cloud is not None:
+        cloud = view.cloud.choice(request.service, request.budget_ms)
+        if cloud is not None:
+            return Plan(tier="cloud", cloud=cloud, reason=f"{why}; {cloud.reason}")
+        blocked = view.cloud.blocked(request.service)
+        if blocked is not None:
+            return Plan(
+                tier="reject",
+                status=503,
+                retry_after_s=blocked.retry_after_s,
+                code="cloud_unavailable",
+                reason=f"{why}, and the cloud endpoint of {request.service} ({blocked.target}) is failing: "
+                f"its circuit breaker is {blocked.state.replace('_', '-')}",
+            )
+        return _no_capacity(view, f"{why} and neither a peer nor the cloud can answer within the budget")
+    return _no_capacity(view, f"{why} and no peer can answer within the budget")
 
 
 def _no_capacity(view: View, reason: str) -> Plan:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from config.settings import ServiceSettings
+from swarm.cloud import CloudCompute
 from tools.runtimes.base import Instance
 
 
@@ -109,6 +110,8 @@ class View:
     spill_share: float = 1.0
     """A local answer predicted later than this share of the remaining budget is handed to a peer
     predicted to answer sooner (1: peers only take what no local instance can serve in budget)."""
+    cloud: CloudCompute | None = None
+    """The services' cloud endpoints (`swarm.cloud`): the tier after the peers; None: none configured."""
     hedge_share: float | None = None
     """A cacheable request its local instance has not answered after this share of its budget is
     also sent to a peer; the first 200 wins (None: never hedged)."""

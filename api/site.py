@@ -13,6 +13,7 @@ from strands.types.tools import AgentTool
 
 from agent.admission import Admission, AdmissionSettings
 from agent.chat import ChatService
+from agent.cloud_forwarding import CloudForwarder
 from agent.dispatch import Dispatcher
 from agent.inflight import LoadCounters, LocalLoadCounters
 from agent.models.build import build_chat_model
@@ -28,6 +29,7 @@ from monitoring.readings import site_readings
 from monitoring.sampler import Sampler
 from monitoring.webhook import WebhookSink
 from prompts import load_prompt
+from swarm.cloud import CloudCompute
 from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
 from tools.caches.redis import RedisCache
@@ -192,11 +194,18 @@ class Site:
     worker_count: int = 1
     swarm: SwarmNode | None = None
     """This site's part of the swarm (with `peers` configured); None: a site on its own."""
+    cloud: CloudCompute | None = None
+    """The services' cloud endpoints (tier `cloud`); None: no service has one."""
+    cloud_forwarder: CloudForwarder | None = field(init=False, default=None)
     alerts: AlertService = field(init=False)
     """The alert rules over every sample; evaluated by the first front-door process only."""
 
     def __post_init__(self) -> None:
         self.alerts = AlertService(AlertEngine(self.settings.alert_rules))
+        if self.cloud is not None:
+            self.cloud_forwarder = CloudForwarder(
+                self.cloud, self.settings.site_id, max_connections=self.settings.cloud_max_connections
+            )
         self.dispatcher = Dispatcher(
             self.view_for,
             self.cache,
@@ -206,6 +215,7 @@ class Site:
             self.admission,
             upstream_timeout_s=self.settings.upstream_timeout_s,
             forwarder=None if self.swarm is None else self.swarm.forwarder,
+            cloud=self.cloud_forwarder,
         )
         self.door = FrontDoor(
             self.admission.lag,
@@ -304,6 +314,7 @@ class Site:
             admission=admission,
             services=services,
             swarm=swarm,
+            cloud=CloudCompute.of(settings),
         )
 
     def view_for(self, service: str) -> View:
@@ -320,6 +331,7 @@ class Site:
             choose_peer=None if self.swarm is None else self.swarm.choose,
             spill_share=self.settings.peer_spill_share,
             hedge_share=self.settings.peer_hedge_share if self.settings.peer_hedge_share < 1 else None,
+            cloud=self.cloud,
         )
 
     async def start(self) -> None:
@@ -344,6 +356,8 @@ class Site:
             await self.stop()
             raise
         await self.cache.open()
+        if self.cloud_forwarder is not None:
+            await self.cloud_forwarder.start()
         if self.worker_index == 0:  # one process evaluates the rules and owns the webhook's spool
             self.alerts.sinks = self._alert_sinks()
             await self.alerts.start()
@@ -405,6 +419,8 @@ class Site:
         finally:
             await self.upstream.close()
             await self.cache.close()
+            if self.cloud_forwarder is not None:
+                await self.cloud_forwarder.close()
 
     def readiness(self, detail: bool = False) -> tuple[bool, dict[str, Any]]:
         """Whether the site can serve, and why: per-service instances and the cache backend.

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from agent.router import PlanRequest, plan
 from agent.view import LoadFigures, PeerChoice, PeerChooser, ServiceView, View
+from swarm.cloud import CloudCompute
 from tools.runtimes.base import Instance
 
 
@@ -207,3 +209,34 @@ def test_by_default_peers_only_take_what_no_local_instance_can_serve_in_budget()
     view = _view([_instance("infer-1")], {"infer-1": _busy(90)}, choose_peer=balancer)
     assert plan(PlanRequest("infer", budget_ms=100), view).tier == "local"
     assert plan(PlanRequest("infer", budget_ms=80), view).tier == "peer"
+
+
+def _cloud(**options: float) -> CloudCompute:
+    return CloudCompute(
+        {"infer": "http://127.0.0.1:9/invoke"}, assumed_rtt_ms=50, breaker_failures=1, **options
+    )
+
+
+def test_with_no_local_instance_and_no_peer_the_cloud_takes_what_it_can_answer_in_time() -> None:
+    view = replace(_view([], choose_peer=Balancer(peer_ms=500)), cloud=_cloud())
+    decision = plan(PlanRequest("infer", budget_ms=100), view)
+    assert (decision.tier, decision.target) == ("cloud", "127.0.0.1:9")
+    late = plan(PlanRequest("infer", budget_ms=40), view)
+    assert (late.tier, late.status) == ("reject", 503)
+    assert "neither a peer nor the cloud" in late.reason
+
+
+def test_a_peer_in_time_comes_before_the_cloud_and_a_forwarded_request_never_goes_there() -> None:
+    view = replace(_view([], choose_peer=Balancer(peer_ms=10)), cloud=_cloud())
+    assert plan(PlanRequest("infer", budget_ms=100), view).tier == "peer"
+    forwarded = plan(PlanRequest("infer", budget_ms=100, forwarded=True), replace(view, choose_peer=None))
+    assert (forwarded.tier, forwarded.status) == ("reject", 503)
+
+
+def test_a_failing_cloud_endpoint_gets_a_503_with_the_breakers_retry_after_at_once() -> None:
+    cloud = _cloud()
+    cloud.targets["infer"].breaker.record_failure()  # one failure opens it (breaker_failures=1)
+    decision = plan(PlanRequest("infer", budget_ms=100), replace(_view([]), cloud=cloud))
+    assert (decision.tier, decision.status, decision.code) == ("reject", 503, "cloud_unavailable")
+    assert decision.retry_after_s is not None and decision.retry_after_s >= 1
+    assert "circuit breaker is open" in decision.reason
