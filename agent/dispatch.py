@@ -312,6 +312,16 @@ class Dispatcher:
             sent = time.perf_counter()
             outcome = await self.cloud.forward(call, decision.cloud, deadline)
             timings["cloud"] = _ms(sent, time.perf_counter())
+            if (
+                decision.instance is not None
+                and outcome.status in (502, 503)
+                and time.perf_counter() < deadline
+            ):
+                # A spill to the cloud (cloud mode) the endpoint could not take: the local instance can.
+                local = replace(decision, tier="local", cloud=None)
+                outcome = await self._serve_local(
+                    _Job(call, service, request, local, view, deadline, timings), cache_key
+                )
         elif decision.tier == "peer" and decision.peer is not None:
             outcome = await self._forward(call, decision.peer, deadline, timings)
             if (

@@ -133,13 +133,24 @@ def _spill(request: PlanRequest, view: View, local: Instance, local_ms: float) -
     predicted later than `view.spill_share` of the budget left, and a peer is predicted (RTT and
     forwarding included) to answer before it. The local instance stays the fallback
     (`Plan.instance`) should the forward fail before the peer answers. Requests pinned by an
-    affinity key never spill: their state lives at their instance.
+    affinity key never spill: their state lives at their instance. In cloud mode
+    (`view.cloud_spill`: the site and its peers are saturated) a spill with no peer sooner goes to
+    the service's cloud endpoint when that is predicted sooner.
     """
-    if request.forwarded or view.choose_peer is None or local_ms <= view.spill_share * request.budget_ms:
+    if request.forwarded or local_ms <= view.spill_share * request.budget_ms:
         return None
-    choice = view.choose_peer(request.service, local_ms)
+    choice = None if view.choose_peer is None else view.choose_peer(request.service, local_ms)
     if choice is None:
-        return None
+        cloud = view.cloud.choice(request.service, local_ms) if view.cloud_spill and view.cloud else None
+        if cloud is None:
+            return None
+        return Plan(
+            tier="cloud",
+            instance=local,
+            cloud=cloud,
+            reason=f"in cloud mode, the soonest local instance of {request.service} is predicted at "
+            f"{local_ms:.0f} ms; {cloud.reason}",
+        )
     return Plan(
         tier="peer",
         instance=local,

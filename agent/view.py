@@ -110,6 +110,8 @@ class View:
     spill_share: float = 1.0
     """A local answer predicted later than this share of the remaining budget is handed to a peer
     predicted to answer sooner (1: peers only take what no local instance can serve in budget)."""
+    cloud_spill: bool = False
+    """The site is in cloud mode: a spill with no peer sooner goes to the cloud if it is sooner."""
     cloud: CloudCompute | None = None
     """The services' cloud endpoints (`swarm.cloud`): the tier after the peers; None: none configured."""
     hedge_share: float | None = None

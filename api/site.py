@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from api.swarm_node import SiteSwarmBackend, SwarmNode
 from config.settings import Settings
 from monitoring.alert_service import AlertService, AlertSink, JsonLogSink
 from monitoring.alerts import AlertEngine
+from monitoring.overload import OverloadMachine
 from monitoring.readings import site_readings
 from monitoring.sampler import Sampler
 from monitoring.webhook import WebhookSink
@@ -199,9 +201,18 @@ class Site:
     cloud_forwarder: CloudForwarder | None = field(init=False, default=None)
     alerts: AlertService = field(init=False)
     """The alert rules over every sample; evaluated by the first front-door process only."""
+    overload: OverloadMachine = field(init=False)
+    """normal → shedding → cloud, fed by the overload alerts (`monitoring.overload`)."""
 
     def __post_init__(self) -> None:
         self.alerts = AlertService(AlertEngine(self.settings.alert_rules))
+        self.overload = OverloadMachine(
+            cloud_after_s=self.settings.overload_cloud_after_s,
+            calm_s=self.settings.overload_calm_s,
+            min_dwell_s=self.settings.overload_min_dwell_s,
+        )
+        if self.swarm is not None:
+            self.swarm.overload_state = lambda: self.overload.state
         if self.cloud is not None:
             self.cloud_forwarder = CloudForwarder(
                 self.cloud, self.settings.site_id, max_connections=self.settings.cloud_max_connections
@@ -329,7 +340,10 @@ class Site:
             gpu_busy=gpu_util is not None and gpu_util >= self.settings.gpu_busy_pct,
             retry_after_s=self.settings.retry_after_s,
             choose_peer=None if self.swarm is None else self.swarm.choose,
-            spill_share=self.settings.peer_spill_share,
+            spill_share=self.settings.peer_spill_share
+            if self.overload.state == "normal"
+            else self.settings.overload_spill_share,
+            cloud_spill=self.overload.state == "cloud",
             hedge_share=self.settings.peer_hedge_share if self.settings.peer_hedge_share < 1 else None,
             cloud=self.cloud,
         )
@@ -398,6 +412,19 @@ class Site:
             stale = self.swarm.stale_peers()
         budgets = {name: float(view.default_budget_ms) for name, view in self.services.items()}
         self.alerts.evaluate(site_readings(snapshot, inflight, budgets, stale, down))
+        self.step_overload()
+
+    def step_overload(self) -> None:
+        """Move the overload state on this sample's alerts; commit a change of cloud mode."""
+        metrics = set(self.settings.overload_alert_metrics)
+        hot = any(alert.metric in metrics for alert in self.alerts.engine.firing())
+        room = self.swarm is not None and self.swarm.peers_have_room()
+        change = self.overload.step(hot, room, time.time())
+        if change is None:
+            return
+        log.warning("overload: %s -> %s (%s)", change.before, change.after, change.reason)
+        if self.swarm is not None and "cloud" in (change.before, change.after):
+            self.swarm.set_cloud_fallback(change.after == "cloud")
 
     def unready_services(self) -> list[str]:
         """Services configured with replicas that have no ready instance now."""

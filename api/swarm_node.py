@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.admission import Admission
@@ -22,9 +23,9 @@ from agent.errors import SiteError
 from agent.forwarding import PeerForwarder
 from agent.upstream import UpstreamError, UpstreamPool
 from agent.view import PeerChoice
-from config.settings import Settings, usable_cores
+from config.settings import OverloadState, Settings, usable_cores
 from swarm.balancer import RoundRobinState, choose_peer
-from swarm.commands import JoinSite
+from swarm.commands import JoinSite, SetCloudFallback
 from swarm.consensus.base import Consensus, ConsensusError, NotLeaderError
 from swarm.coordinator import Coordinator, PlacementError
 from swarm.gossip import Gossip
@@ -122,6 +123,9 @@ class SwarmNode:
         self._rr = RoundRobinState()
         self._join_task: asyncio.Task[None] | None = None
         self.joined = False
+        self.overload_state: Callable[[], OverloadState] = lambda: "normal"
+        """This site's overload state for its load reports (the site sets it)."""
+        self._fallback_task: asyncio.Task[None] | None = None
 
     def capabilities(self) -> dict[str, Any]:
         """What this site can run, for the coordinator's placement."""
@@ -143,6 +147,7 @@ class SwarmNode:
             services=services,
             cpu_percent=min(100.0, max(0.0, host.cpu_percent)) if host is not None else 0.0,
             gpu_util=snapshot.gpu_max_utilization,
+            overload=self.overload_state(),
         )
 
     def choose(self, service: str, budget_ms: float) -> PeerChoice | None:
@@ -176,6 +181,10 @@ class SwarmNode:
                 await asyncio.sleep(JOIN_RETRY_S)
 
     async def stop(self) -> None:
+        if self._fallback_task is not None:
+            self._fallback_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fallback_task
         if self._join_task is not None:
             self._join_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -239,6 +248,30 @@ class SwarmNode:
             return self.url
         address = self.peers.get(leader)
         return address.url if address is not None else None
+
+    def peers_have_room(self) -> bool:
+        """Whether some fresh peer reports itself normal (not shedding, not offloading)."""
+        return any(entry.load.overload == "normal" for entry in self.table.fresh())
+
+    def set_cloud_fallback(self, enabled: bool) -> None:
+        """Commit this site's cloud-fallback mode, so every site agrees who offloads: in the
+        background, one command retried by id until it commits, after the change before it (never
+        cancelled half way: a proposal sent may still commit, so changes commit in their order)."""
+        command = SetCloudFallback(self.site_id, enabled)
+        self._fallback_task = asyncio.get_running_loop().create_task(
+            self._propose_after(self._fallback_task, command), name="swarm-cloud-fallback"
+        )
+
+    async def _propose_after(self, previous: asyncio.Task[None] | None, command: SetCloudFallback) -> None:
+        if previous is not None:
+            await previous
+        while True:
+            try:
+                await self.consensus.propose(command, 5.0)
+                return
+            except ConsensusError as exc:
+                log.info("cloud fallback of %s not committed yet: %s; retrying", self.site_id, exc)
+                await asyncio.sleep(JOIN_RETRY_S)
 
     def stale_peers(self) -> dict[str, bool]:
         """Each peer: True while the load table has no fresh report of it (an alert reads it)."""

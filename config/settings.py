@@ -127,6 +127,14 @@ over the service's default budget, and the share of its requests that failed (5x
 while its load report is stale; per dependency (`redis`, `docker`, `consensus`), 1 while it is
 unhealthy."""
 AlertSeverity = Literal["info", "warning", "critical"]
+OVERLOAD_ALERT_METRICS: tuple[AlertMetric, ...] = (
+    "cpu_percent",
+    "inflight",
+    "p99_budget_ratio",
+    "gpu_utilization",
+)
+OverloadState = Literal["normal", "shedding", "cloud"]
+"""A site's overload state (`monitoring.overload`): it sheds to its peers, then to the cloud."""
 
 
 class AlertRule(BaseModel):
@@ -401,6 +409,25 @@ class Settings(BaseSettings):
         "(1: never hedge).",
     )
 
+    overload_alert_metrics: list[AlertMetric] = Field(
+        default_factory=lambda: list(OVERLOAD_ALERT_METRICS),
+        description="A firing alert on one of these metrics makes the site hot (monitoring.overload).",
+    )
+    overload_spill_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="The spill share while shedding or in cloud mode (peer_spill_share otherwise).",
+    )
+    overload_cloud_after_s: float = Field(
+        default=5.0, ge=0, description="Hot with no peer that has room this long: cloud mode."
+    )
+    overload_calm_s: float = Field(
+        default=30.0, ge=0, description="No overload alert (or a peer with room) this long: step back."
+    )
+    overload_min_dwell_s: float = Field(
+        default=10.0, ge=0, description="Each overload state is held at least this long."
+    )
     alert_rules: list[AlertRule] = Field(
         default_factory=list, description="The alert rules (the embedded defaults are in default.yaml)."
     )

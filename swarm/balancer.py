@@ -100,6 +100,8 @@ def _candidates(
     passed: list[_Candidate] = []
     offered = 0
     for entry in entries:
+        if entry.load.overload != "normal":  # it is shedding its own work: send it none
+            continue
         load = entry.load.services.get(service)
         if load is None or load.ready <= 0:
             continue

@@ -22,6 +22,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agent.view import IDLE, InstanceLoad
+from config.settings import OverloadState
 from swarm.peers import PeerAddress
 from tools.runtimes.base import Instance
 
@@ -92,6 +93,8 @@ class SiteLoad(BaseModel):
     """The host's CPU use, 0-100 (all cores)."""
     gpu_util: Percent | None = None
     """The busiest GPU's utilisation, 0-100; None without a GPU."""
+    overload: OverloadState = "normal"
+    """The sender's overload state: a peer that is shedding or offloading takes no forwards."""
 
     def to_json(self) -> bytes:
         """The report as compact JSON."""

@@ -94,6 +94,7 @@ async def snapshot(site: SiteDep) -> dict[str, Any]:
         },
         "admission": site.admission_report(),
         "alerts": site.alerts.report(),
+        "overload": site.overload.report(),
         "cloud": {} if site.cloud is None else site.cloud.snapshot(),
         "worker": {"index": site.worker_index, "pid": os.getpid(), "count": site.worker_count},
     }

@@ -240,3 +240,18 @@ def test_a_failing_cloud_endpoint_gets_a_503_with_the_breakers_retry_after_at_on
     assert (decision.tier, decision.status, decision.code) == ("reject", 503, "cloud_unavailable")
     assert decision.retry_after_s is not None and decision.retry_after_s >= 1
     assert "circuit breaker is open" in decision.reason
+
+
+def test_in_cloud_mode_a_spill_with_no_peer_sooner_goes_to_the_cloud_with_the_local_instance_as_fallback() -> (
+    None
+):
+    view = replace(
+        _view(
+            [_instance("infer-1")], {"infer-1": _busy(90)}, choose_peer=Balancer(peer_ms=500), spill_share=0.1
+        ),
+        cloud=_cloud(),
+    )
+    assert plan(PlanRequest("infer", budget_ms=200), view).tier == "local"  # not in cloud mode
+    decision = plan(PlanRequest("infer", budget_ms=200), replace(view, cloud_spill=True))
+    assert (decision.tier, decision.target) == ("cloud", "127.0.0.1:9")
+    assert decision.instance is not None and decision.instance.id == "infer-1"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -223,3 +224,11 @@ def test_least_loaded_herds_on_stale_reports_while_default_spreads() -> None:
         assert spread <= 16, spread
         assert spread < plain < herded
     assert simulate("round-robin", (1, 2)) == 10  # the other baseline: even here, but blind to load
+
+
+def test_a_peer_that_reports_itself_shedding_gets_no_forwards() -> None:
+    calm, shedding = entry("site-2", predicted_ms=30.0), entry("site-3", predicted_ms=1.0)
+    shedding = replace(shedding, load=shedding.load.model_copy(update={"overload": "shedding"}))
+    for policy in ("default", "p2c", "least-loaded", "round-robin"):
+        choice = choose_peer("sensor", 200.0, [calm, shedding], policy, random.Random(1), RoundRobinState())
+        assert choice is not None and choice.site_id == "site-2", policy
