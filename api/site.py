@@ -412,12 +412,23 @@ class Site:
             stale = self.swarm.stale_peers()
         budgets = {name: float(view.default_budget_ms) for name, view in self.services.items()}
         self.alerts.evaluate(site_readings(snapshot, inflight, budgets, stale, down))
-        self.step_overload()
+        self.step_overload(snapshot)
 
-    def step_overload(self) -> None:
-        """Move the overload state on this sample's alerts; commit a change of cloud mode."""
+    def step_overload(self, snapshot: MetricsSnapshot) -> None:
+        """Move the overload state on this sample's alerts; commit a change of cloud mode.
+
+        Shedding lowers the very figures that raised the alert (the site's own in-flight, its
+        p99), so while it sheds or offloads the site also stays hot as long as it still hands more
+        than `overload_release_share` of its requests away: it steps back when its own instances
+        could take the load again, not as soon as the handing-off has worked."""
         metrics = set(self.settings.overload_alert_metrics)
         hot = any(alert.metric in metrics for alert in self.alerts.engine.firing())
+        if not hot and self.overload.state != "normal":
+            total = sum(row.requests for row in snapshot.requests)
+            handed = sum(
+                row.by_tier.get("peer", 0) + row.by_tier.get("cloud", 0) for row in snapshot.requests
+            )
+            hot = total > 0 and handed / total > self.settings.overload_release_share
         room = self.swarm is not None and self.swarm.peers_have_room()
         change = self.overload.step(hot, room, time.time())
         if change is None:

@@ -419,6 +419,13 @@ class Settings(BaseSettings):
         le=1,
         description="The spill share while shedding or in cloud mode (peer_spill_share otherwise).",
     )
+    overload_release_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="While shedding or offloading, the site stays hot as long as it hands more than this "
+        "share of its requests (last 10 s) to peers or the cloud: the shedding must not hide the load.",
+    )
     overload_cloud_after_s: float = Field(
         default=5.0, ge=0, description="Hot with no peer that has room this long: cloud mode."
     )
