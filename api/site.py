@@ -25,6 +25,7 @@ from api.door import FrontDoor
 from api.swarm_node import SiteSwarmBackend, SwarmNode
 from config.settings import Settings
 from monitoring.alert_service import AlertService, AlertSink, JsonLogSink
+from monitoring.alert_store import RedisAlertStore
 from monitoring.alerts import AlertEngine
 from monitoring.overload import OverloadMachine
 from monitoring.readings import site_readings
@@ -374,6 +375,9 @@ class Site:
             await self.cloud_forwarder.start()
         if self.worker_index == 0:  # one process evaluates the rules and owns the webhook's spool
             self.alerts.sinks = self._alert_sinks()
+            for sink in self.alerts.sinks:
+                if isinstance(sink, RedisAlertStore):  # a restarted site still knows its alerts
+                    self.alerts.engine.restore(await sink.load())
             await self.alerts.start()
             self.sampler.listeners.append(self.evaluate_alerts)
         await self.sampler.start()
@@ -385,6 +389,8 @@ class Site:
     def _alert_sinks(self) -> list[AlertSink]:
         settings = self.settings
         sinks: list[AlertSink] = [JsonLogSink()]
+        if settings.redis_url:
+            sinks.append(RedisAlertStore(settings.redis_url, settings.site_id, settings.redis_timeout_s * 2))
         if settings.alert_webhook_url:
             assert settings.alert_webhook_secret is not None  # the settings refuse a URL without one
             sinks.append(

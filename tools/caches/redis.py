@@ -209,6 +209,24 @@ class RedisCache:
             raise _unavailable(exc) from exc
         return removed
 
+    async def values(self, namespace: str, limit: int) -> list[bytes]:
+        """Up to `limit` values of one namespace (SCAN + MGET, in no particular order)."""
+        names: list[bytes] = []
+        try:
+            async for name in self._client.scan_iter(
+                match=scan_pattern(namespace, self.key_prefix), count=SCAN_BATCH
+            ):
+                names.append(name)
+                if len(names) >= limit:
+                    break
+            found: list[bytes] = []
+            for start in range(0, len(names), SCAN_BATCH):
+                batch = await self._client.mget(names[start : start + SCAN_BATCH])
+                found.extend(v if isinstance(v, bytes) else str(v).encode() for v in batch if v is not None)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return found
+
     async def count(self, namespace: str) -> int:
         total = 0
         try:
