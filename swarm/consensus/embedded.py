@@ -8,8 +8,8 @@ How it works, and the decisions behind it:
 
 * The log's entries are the commands' JSON (`swarm.commands.to_json`), handed to one
   `@replicated` method of a pysyncobj consumer (a `SyncObjConsumer` rather than a `SyncObj`
-  subclass, so that its state goes into pysyncobj's snapshots; see Snapshots). pysyncobj pickles its own wire messages and
-  journal records; every connection between nodes is encrypted and authenticated with
+  subclass, so that its state goes into pysyncobj's snapshots; see Snapshots). pysyncobj pickles
+  its own wire messages and journal records; every connection between nodes is encrypted and authenticated with
   `password` (Fernet), so a peer without it cannot get anything unpickled.
 * Index: an entry's log index is the Raft index pysyncobj applies it at, `raftLastApplied + 1`
   inside the apply method (pysyncobj increments `raftLastApplied` right after each apply). Indexes
@@ -39,9 +39,10 @@ How it works, and the decisions behind it:
 * Durability and catch-up: the Raft journal (`data_dir/raft.journal`, plus its `.meta` with the
   term, vote and commit index) and pysyncobj's snapshots (`data_dir/raft.dump`) are kept on disk.
   Journal records are written through an mmap before the node acknowledges them, so they survive
-  SIGKILL (not a power cut: nothing is fsynced). A restarted node replays its own snapshot and
-  journal to its applier from the beginning, then fetches what it missed from the leader; a
-  node too far behind a leader that compacted its log gets the leader's snapshot.
+  SIGKILL (not a power cut: nothing is fsynced). A restarted node hands its applier its own
+  snapshot (its base to restore, then the entries after it) and its journal, then fetches what
+  it missed from the leader; a node too far behind a leader that compacted its log gets the
+  leader's snapshot.
 * Snapshots: pysyncobj compacts its log (every `compaction_entries` entries or
   `compaction_interval_s`) into a snapshot of the replicated object. The state machine lives
   outside pysyncobj (behind the applier), so the replicated object is the applied history: a
@@ -53,8 +54,9 @@ How it works, and the decisions behind it:
   `take()` every `max_entries / 2` applied commands (the latest one in a slot that the loop writes
   and the Raft thread reads: a tuple assigned whole); on each tick the Raft thread, once it holds
   more than `max_entries` entries, folds those at or below that snapshot's index into the base.
-  So a node holds at most `max_entries` entries plus those its applier has not reached yet (and
-  pysyncobj's own log, up to `compaction_entries`), and its dump holds no more. Each node folds
+  So a node holds one serialized state and at most `max_entries` entries plus those its applier
+  has not reached yet (and pysyncobj's own log, up to `compaction_entries`), and its dump holds no
+  more; `status().detail` shows `log_entries` and the base's `snapshot_index`. Each node folds
   its own history with its own state machine's snapshots: the state machine is deterministic, so
   the base at an index is the same everywhere. Without a `snapshotter` nothing is folded and the
   history grows with the log (every node of a cluster must be configured alike: a node without
