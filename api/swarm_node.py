@@ -32,7 +32,7 @@ from swarm.gossip import Gossip
 from swarm.load_table import LoadTable, ServiceLoad, SiteLoad
 from swarm.peers import PeerAddress, PeerSigner, parse_peers
 from swarm.reconcile import Reconciler
-from swarm.state import SwarmState
+from swarm.state import StateSnapshotter, SwarmState
 from tools.metrics_monitor import MetricsMonitor
 from tools.runtimes.base import Runtime
 
@@ -58,13 +58,21 @@ RECONCILE_INTERVAL_S = 2.0
 
 
 def build_consensus(settings: Settings, peers: dict[str, PeerAddress], state: SwarmState) -> Consensus:
-    """The configured backend: the embedded Raft (default) or an etcd cluster."""
+    """The configured backend: the embedded Raft (default) or an etcd cluster, applying to
+    `state` and compacting its log behind snapshots of it (`consensus_max_entries`)."""
+    snapshotter = StateSnapshotter(state)
     if settings.consensus == "etcd":
         from swarm.consensus.etcd import EtcdConsensus
 
         if not settings.etcd_endpoints:
             raise ValueError("consensus=etcd needs etcd_endpoints (MEC_ETCD_ENDPOINTS)")
-        return EtcdConsensus(settings.site_id, settings.etcd_endpoints, state.apply)
+        return EtcdConsensus(
+            settings.site_id,
+            settings.etcd_endpoints,
+            state.apply,
+            snapshotter=snapshotter,
+            max_entries=settings.consensus_max_entries,
+        )
     from swarm.consensus.embedded import EmbeddedConsensus
 
     assert settings.peer_secret is not None  # Settings refuses peers without a secret
@@ -76,6 +84,8 @@ def build_consensus(settings: Settings, peers: dict[str, PeerAddress], state: Sw
         settings.data_dir / "raft",
         settings.peer_secret,
         state.apply,
+        snapshotter=snapshotter,
+        max_entries=settings.consensus_max_entries,
     )
 
 

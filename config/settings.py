@@ -382,6 +382,12 @@ class Settings(BaseSettings):
     etcd_endpoints: CommaList = Field(
         default_factory=list, description="etcd members' client URLs (http://HOST:PORT) for consensus=etcd."
     )
+    consensus_max_entries: int = Field(
+        default=1000,
+        ge=2,
+        description="Log entries the consensus keeps past its latest snapshot of the swarm state "
+        "(both backends); older ones are compacted into that snapshot. The same on every site.",
+    )
     gossip_interval_s: float = Field(
         default=0.2, gt=0, description="How often a site sends its load to its peers."
     )

@@ -1,6 +1,7 @@
 """The per-site reconciler: brings the site's own instances to the swarm's committed placement.
 
-After each log entry the state applies (it subscribes) and every `interval_s` in any case (to
+After each log entry the state applies and after each restore of a snapshot (it subscribes to
+both) and every `interval_s` in any case (to
 repair drift: an instance stopped by hand, a start that failed), it compares, for every service,
 the instances the runtime has with the replicas the placement gives this site, and calls
 `runtime.scale(service, replicas)` where they differ. A service the swarm has not decided (no
@@ -68,6 +69,7 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe_restore: Callable[[], None] | None = None
 
     # -- what this site should run ---------------------------------------------------------
 
@@ -135,14 +137,16 @@ class Reconciler:
             return
         self._loop = asyncio.get_running_loop()
         self._unsubscribe = self.state.subscribe(self._on_apply)
+        self._unsubscribe_restore = self.state.subscribe_restore(self._on_restore)
         self._wake.set()
         self._task = self._loop.create_task(self._run(), name=f"reconcile-{self.site_id}")
 
     async def stop(self) -> None:
         """Unsubscribe and stop the loop (cancelling a pass in progress). Idempotent."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        for unsubscribe in (self._unsubscribe, self._unsubscribe_restore):
+            if unsubscribe is not None:
+                unsubscribe()
+        self._unsubscribe = self._unsubscribe_restore = None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -154,6 +158,10 @@ class Reconciler:
             return
         # The applier runs on the event loop; call_soon_threadsafe is right from any thread.
         self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _on_restore(self, applied_index: int) -> None:
+        if self._loop is not None:  # the whole placement may have changed
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def _run(self) -> None:
         while True:

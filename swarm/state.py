@@ -21,6 +21,17 @@ definition: a different bound could decide a very late retry differently).
 
 An id is remembered whatever became of its command (applied or refused): the log decided that
 proposal once, and a retry of it must not be decided again with a different outcome.
+
+Snapshots: `export()` is the whole state `apply` depends on as plain JSON data (members and
+placements in the order the log made them, the cloud-fallback sites, the remembered ids with
+their outcomes oldest first, the counters, the recent history, `applied_index`), and
+`restore(data)` replaces the state with such an export. A site restored from another site's
+export at index N and then given the entries after N ends in the same state, with the same
+outcome for every retried id, as a site that applied the whole log: that is what lets the
+consensus backends compact their logs (`StateSnapshotter` is the backends' `Snapshotter` over a
+state). `listener_errors` is the site's own and is neither exported nor restored. A restore is
+announced to the restore listeners (`subscribe_restore`), not to the entry listeners: no entry
+was applied.
 """
 
 from __future__ import annotations
@@ -46,6 +57,11 @@ Outcome = Literal["applied", "duplicate", "ignored"]
 Listener = Callable[[int, Command], None]
 """Called with (index, command) after each log entry, whatever its outcome, on the applier's
 thread (the event loop)."""
+RestoreListener = Callable[[int], None]
+"""Called with the new `applied_index` after `restore` replaced the whole state."""
+
+EXPORT_FORMAT = 1
+"""The version of `SwarmState.export()`'s layout; `restore` refuses any other."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +113,16 @@ class HistoryEntry:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _RestoredEntry:
+    """A history entry that came with a restored export: only its plain data is known."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.data))
+
+
 class _Refused(Exception):
     """A command `apply` does not apply; `args[0]` is the reason (a short snake_case word)."""
 
@@ -125,8 +151,9 @@ class SwarmState:
         self._cloud_fallback: set[str] = set()
         self._seen: OrderedDict[str, str | None] = OrderedDict()
         """Remembered ids, oldest first: None for an applied command, else why it was refused."""
-        self._history: deque[HistoryEntry] = deque(maxlen=history)
+        self._history: deque[HistoryEntry | _RestoredEntry] = deque(maxlen=history)
         self._listeners: list[Listener] = []
+        self._restore_listeners: list[RestoreListener] = []
         self.applied = 0
         """Commands applied."""
         self.duplicates = 0
@@ -309,6 +336,51 @@ class SwarmState:
             "cloud_fallback": sorted(self._cloud_fallback),
         }
 
+    # -- snapshots -----------------------------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """Everything `apply` depends on, as plain JSON data in a deterministic order (two sites
+        that applied the same log export equal data); `restore` takes it back."""
+        return {
+            "format": EXPORT_FORMAT,
+            "applied_index": self.applied_index,
+            "members": [member.to_dict() for member in self._members.values()],
+            "placements": [[service, dict(sites)] for service, sites in self._placements.items()],
+            "cloud_fallback": sorted(self._cloud_fallback),
+            "seen": [[command_id, reason] for command_id, reason in self._seen.items()],
+            "applied": self.applied,
+            "duplicates": self.duplicates,
+            "ignored": dict(sorted(self.ignored.items())),
+            "history": [entry.to_dict() for entry in self._history],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace the state with an `export()` (of this site or another), then tell the restore
+        listeners. `ValueError`, changing nothing, for data that is not such an export. Ids beyond
+        this state's `id_memory` are forgotten oldest first; history beyond its length likewise."""
+        try:
+            restored = _Restored.of(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not an export of the swarm state: {type(exc).__name__}: {exc}") from None
+        self.applied_index = restored.applied_index
+        self._members = restored.members
+        self._placements = restored.placements
+        self._cloud_fallback = restored.cloud_fallback
+        self._seen = restored.seen
+        while len(self._seen) > self.id_memory:
+            self._seen.popitem(last=False)
+        self.applied = restored.applied
+        self.duplicates = restored.duplicates
+        self.ignored = restored.ignored
+        self._history.clear()
+        self._history.extend(restored.history)
+        for listener in list(self._restore_listeners):
+            try:
+                listener(self.applied_index)
+            except Exception:
+                self.listener_errors += 1
+                log.exception("a restore listener of the swarm state failed")
+
     # -- listeners -----------------------------------------------------------------------
 
     def subscribe(self, callback: Listener) -> Callable[[], None]:
@@ -321,6 +393,108 @@ class SwarmState:
                 self._listeners.remove(callback)
 
         return unsubscribe
+
+    def subscribe_restore(self, callback: RestoreListener) -> Callable[[], None]:
+        """Call `callback(applied_index)` after each `restore` (the whole state was replaced:
+        re-read whatever was derived from it); returns the function that unsubscribes it."""
+        self._restore_listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._restore_listeners:
+                self._restore_listeners.remove(callback)
+
+        return unsubscribe
+
+
+@dataclass(frozen=True, slots=True)
+class _Restored:
+    """An export, checked and turned back into the state's own structures."""
+
+    applied_index: int
+    members: dict[str, Member]
+    placements: dict[str, dict[str, int]]
+    cloud_fallback: set[str]
+    seen: OrderedDict[str, str | None]
+    applied: int
+    duplicates: int
+    ignored: Counter[str]
+    history: list[_RestoredEntry]
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> _Restored:
+        if data.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {EXPORT_FORMAT}")
+        members: dict[str, Member] = {}
+        for item in data["members"]:
+            site_id = _text(item["site_id"])
+            capabilities = item["capabilities"]
+            if not isinstance(capabilities, dict):
+                raise TypeError("capabilities must be an object")
+            members[site_id] = Member(
+                site_id,
+                _text(item["url"], empty=True),
+                json.loads(json.dumps(capabilities)),
+                _count(item["joined_index"]),
+            )
+        placements: dict[str, dict[str, int]] = {}
+        for service, sites in data["placements"]:
+            placements[_text(service)] = {_text(site): _count(n) for site, n in dict(sites).items()}
+        seen: OrderedDict[str, str | None] = OrderedDict()
+        for command_id, reason in data["seen"]:
+            seen[_text(command_id)] = None if reason is None else _text(reason)
+        history = []
+        for entry in data["history"]:
+            if not isinstance(entry, dict):
+                raise TypeError("a history entry must be an object")
+            history.append(_RestoredEntry(json.loads(json.dumps(entry))))
+        return cls(
+            applied_index=_count(data["applied_index"]),
+            members=members,
+            placements=placements,
+            cloud_fallback={_text(site) for site in data["cloud_fallback"]},
+            seen=seen,
+            applied=_count(data["applied"]),
+            duplicates=_count(data["duplicates"]),
+            ignored=Counter({_text(reason): _count(n) for reason, n in dict(data["ignored"]).items()}),
+            history=history,
+        )
+
+
+class StateSnapshotter:
+    """The consensus backends' `Snapshotter` over a `SwarmState`: `take()` is the applied index and
+    the export as compact JSON bytes, `restore(index, data)` restores such bytes. Both run on the
+    event loop, between two entries (where the state is)."""
+
+    def __init__(self, state: SwarmState) -> None:
+        self.state = state
+
+    def take(self) -> tuple[int, bytes]:
+        data = json.dumps(self.state.export(), separators=(",", ":"), allow_nan=False).encode()
+        return self.state.applied_index, data
+
+    def restore(self, index: int, data: bytes) -> None:
+        try:
+            exported = json.loads(data)
+        except ValueError as exc:
+            raise ValueError(f"a snapshot of the swarm state is not JSON: {exc}") from None
+        if not isinstance(exported, dict):
+            raise ValueError("a snapshot of the swarm state must be a JSON object")
+        state_index = exported.get("applied_index")
+        if isinstance(state_index, int) and state_index > index:
+            raise ValueError(f"a snapshot said to be at index {index} holds the state at {state_index}")
+        self.state.restore(exported)
+
+
+def _text(value: object, empty: bool = False) -> str:
+    if not isinstance(value, str) or not (value or empty):
+        raise TypeError(f"expected a non-empty string, not {value!r}")
+    return value
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"expected a count, not {value!r}")
+    return value
 
 
 def _site_id(value: object) -> str:

@@ -4,6 +4,14 @@ The log holds `swarm.commands.Command`s. A backend delivers every committed comm
 order and exactly once per index, to the `Applier` it was built with, on the event loop of the
 site (never on a library thread). `propose` returns once the command is committed *and* applied
 locally, so a caller that got an index reads its own write.
+
+Compaction: a backend built with a `Snapshotter` keeps its log bounded. It takes the owner's
+snapshot (`take()`, on the event loop, between two applies) and drops the entries the snapshot
+covers; a node that needs entries no longer kept (a restart, a follower too far behind) gets
+`restore(index, data)` of a snapshot first, then the entries after `index` through the `Applier`
+as usual. A restore replaces the whole state and counts as applied up to `index`. Without a
+`Snapshotter` a backend keeps every entry and replays them all. Every node of a cluster must be
+configured alike.
 """
 
 from __future__ import annotations
@@ -18,6 +26,19 @@ from swarm.commands import Command
 
 Applier = Callable[[int, Command], Awaitable[None] | None]
 """Called with (log index, command) for each committed entry, in order; indexes only grow."""
+
+
+class Snapshotter(Protocol):
+    """The owner's state machine as the backend compacts and restores it. Both methods run on the
+    event loop the backend applies on, never while an `Applier` call is in progress."""
+
+    def take(self) -> tuple[int, bytes]:
+        """The index up to which every entry has been applied to the state, and the state
+        serialized (the same bytes on every node at the same index)."""
+
+    def restore(self, index: int, data: bytes) -> None:
+        """Replace the state with `data`, a `take()` at `index` (maybe another node's); the next
+        entry the applier gets is after `index`. Raises `ValueError` for data it cannot read."""
 
 
 async def poll_leader(

@@ -8,8 +8,8 @@ How it works, and the decisions behind it:
 
 * The log's entries are the commands' JSON (`swarm.commands.to_json`), handed to one
   `@replicated` method of a pysyncobj consumer (a `SyncObjConsumer` rather than a `SyncObj`
-  subclass, so that its state goes into pysyncobj's snapshots; see Snapshots). pysyncobj pickles its own wire messages and
-  journal records; every connection between nodes is encrypted and authenticated with
+  subclass, so that its state goes into pysyncobj's snapshots; see Snapshots). pysyncobj pickles
+  its own wire messages and journal records; every connection between nodes is encrypted and authenticated with
   `password` (Fernet), so a peer without it cannot get anything unpickled.
 * Index: an entry's log index is the Raft index pysyncobj applies it at, `raftLastApplied + 1`
   inside the apply method (pysyncobj increments `raftLastApplied` right after each apply). Indexes
@@ -39,16 +39,28 @@ How it works, and the decisions behind it:
 * Durability and catch-up: the Raft journal (`data_dir/raft.journal`, plus its `.meta` with the
   term, vote and commit index) and pysyncobj's snapshots (`data_dir/raft.dump`) are kept on disk.
   Journal records are written through an mmap before the node acknowledges them, so they survive
-  SIGKILL (not a power cut: nothing is fsynced). A restarted node replays its own journal (and
-  snapshot) to its applier from the beginning, then fetches what it missed from the leader; a
-  node too far behind a leader that compacted its log gets the leader's snapshot.
+  SIGKILL (not a power cut: nothing is fsynced). A restarted node hands its applier its own
+  snapshot (its base to restore, then the entries after it) and its journal, then fetches what
+  it missed from the leader; a node too far behind a leader that compacted its log gets the
+  leader's snapshot.
 * Snapshots: pysyncobj compacts its log (every `compaction_entries` entries or
   `compaction_interval_s`) into a snapshot of the replicated object. The state machine lives
-  outside pysyncobj (behind the applier), so the replicated object is the applied history
-  itself, `(index, command JSON)` for every command: a node restored from a snapshot replays that
-  history to its applier before the entries after it. The history is kept in memory, which suits
-  a control-plane log of small, rare commands; bounding it would need a snapshot hook in the
-  state machine.
+  outside pysyncobj (behind the applier), so the replicated object is the applied history: a
+  `base`, `(index, the owner's serialized state)` or None, and the entries after it, `(index,
+  command JSON)` each. Loading a pysyncobj snapshot (at start, or one the leader sent) whose base
+  is past what the node has applied hands the applier's owner `Snapshotter.restore(base)` first,
+  then the entries after the base, on the loop like any entry; a base at or below it is skipped.
+* Bounding the history: with a `snapshotter`, the loop hands pysyncobj's thread the owner's
+  `take()` every `max_entries / 2` applied commands (the latest one in a slot that the loop writes
+  and the Raft thread reads: a tuple assigned whole); on each tick the Raft thread, once it holds
+  more than `max_entries` entries, folds those at or below that snapshot's index into the base.
+  So a node holds one serialized state and at most `max_entries` entries plus those its applier
+  has not reached yet (and pysyncobj's own log, up to `compaction_entries`), and its dump holds no
+  more; `status().detail` shows `log_entries` and the base's `snapshot_index`. Each node folds
+  its own history with its own state machine's snapshots: the state machine is deterministic, so
+  the base at an index is the same everywhere. Without a `snapshotter` nothing is folded and the
+  history grows with the log (every node of a cluster must be configured alike: a node without
+  one cannot take a base it is sent, and says so in `restore_errors`).
 * `stop()` fails every proposal in flight with `ConsensusError` (they may still commit on the
   others), drops entries not yet applied locally (a restart replays them from the journal),
   stops pysyncobj's thread and closes its sockets and journal. It is idempotent.
@@ -74,12 +86,20 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from swarm.commands import Command, command_from_json, to_json
-from swarm.consensus.base import Applier, ConsensusError, ConsensusStatus, NotLeaderError, poll_leader
+from swarm.consensus.base import (
+    Applier,
+    ConsensusError,
+    ConsensusStatus,
+    NotLeaderError,
+    Snapshotter,
+    poll_leader,
+)
 
 # pysyncobj's `win_inet_pton` (imported by its TCP layer) replaces `socket.inet_ntop` for the
 # whole process with a Windows-only function, on every platform: every later caller (psutil's
@@ -94,8 +114,20 @@ logger = logging.getLogger(__name__)
 
 Entry = tuple[int, str]
 """One applied log entry: (Raft index, the command's JSON)."""
-Handed = tuple[int, str | None]
-"""What the Raft thread hands the loop: an entry, or (index, None): applied up to there."""
+Base = tuple[int, bytes]
+"""The history's base: (index, the owner's state serialized at that index)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Restore:
+    """The loop's cue to restore the owner's state from a base before the entries after it."""
+
+    index: int
+    data: bytes
+
+
+Handed = tuple[int, str | None] | _Restore
+"""What the Raft thread hands the loop: an entry, (index, None): applied up to there, or a base."""
 
 JOURNAL_FILE = "raft.journal"
 DUMP_FILE = "raft.dump"
@@ -150,19 +182,26 @@ class _KeepaliveTransport(TCPTransport):
 
 
 class _History(SyncObjConsumer):
-    """The replicated object: every applied command as (index, JSON), in log order.
+    """The replicated object: a base (the owner's state at an index, or None) and every applied
+    command after it as (index, JSON), in log order.
 
     `append` runs on pysyncobj's thread for each committed entry. `pump` (also on that thread:
-    from `append` and on every tick) hands every entry not handed yet to `deliver`; on every tick
-    too, because loading a snapshot (at start, or one sent by the leader) replaces `entries`
-    without calling `append`.
+    from `append` and on every tick) hands the loop a base it has not handed yet (one loaded with
+    a snapshot, past what was handed) and every entry not handed yet; on every tick too, because
+    loading a snapshot (at start, or one sent by the leader) replaces `base` and `entries` without
+    calling `append`. `fold` (on every tick) keeps `entries` to `max_entries` once the loop has
+    `offer`ed a snapshot that covers the oldest ones (None: never folds).
     """
 
-    def __init__(self, deliver: Callable[[list[Handed]], None]) -> None:
+    def __init__(self, deliver: Callable[[list[Handed]], None], max_entries: int | None = None) -> None:
         # Attributes set before SyncObjConsumer.__init__ stay out of pysyncobj's snapshots.
         self._deliver = deliver
+        self._max_entries = max_entries
         self._handed = 0
+        self._offered: Base | None = None
+        self.folds = 0
         super().__init__()
+        self.base: Base | None = None  # in the snapshots
         self.entries: list[Entry] = []  # in the snapshots
 
     @replicated
@@ -172,8 +211,38 @@ class _History(SyncObjConsumer):
         self.pump()
         return index
 
+    def offer(self, index: int, data: bytes) -> None:
+        """From the loop's thread: the owner's state at `index` (every entry up to it applied);
+        replaces the one offered before. One assignment of a tuple: safe across threads."""
+        self._offered = (index, data)
+
+    def tick(self) -> None:
+        """pysyncobj's tick callback (its thread)."""
+        self.fold()
+        self.pump()
+
+    def fold(self) -> None:
+        """While there are more than `max_entries` entries, fold those covered by the latest
+        offered snapshot into the base (nothing when it covers none past the base)."""
+        offered, limit = self._offered, self._max_entries
+        if offered is None or limit is None or len(self.entries) <= limit:
+            return
+        index = offered[0]
+        if self.base is not None and index <= self.base[0]:
+            return
+        cut = bisect.bisect_right(self.entries, index, key=itemgetter(0))
+        if cut == 0:
+            return
+        self.base = offered
+        self.entries = self.entries[cut:]
+        self.folds += 1
+
     def pump(self) -> None:
         batch: list[Handed] = []
+        base = self.base
+        if base is not None and base[0] > self._handed:
+            batch.append(_Restore(*base))
+            self._handed = base[0]
         entries = self.entries
         if entries and entries[-1][0] > self._handed:
             batch.extend(entries[bisect.bisect_right(entries, self._handed, key=itemgetter(0)) :])
@@ -201,6 +270,9 @@ class EmbeddedConsensus:
     an election (failover takes about that plus one round trip); the leader sends heartbeats every
     `heartbeat_s` (default: a sixth of the shortest election timeout). `keepalive_s` (None: off)
     paces the link keepalive, `compaction_entries` / `compaction_interval_s` the log compaction.
+
+    `snapshotter` (the applier's owner, see `swarm.consensus.base.Snapshotter`) bounds the applied
+    history to about `max_entries` entries after a base; without it the history keeps every entry.
     """
 
     def __init__(
@@ -218,7 +290,11 @@ class EmbeddedConsensus:
         connection_retry_s: float = 0.25,
         compaction_entries: int = 5000,
         compaction_interval_s: float = 300.0,
+        snapshotter: Snapshotter | None = None,
+        max_entries: int = 1000,
     ) -> None:
+        if max_entries < 2:
+            raise ValueError("max_entries must be at least 2")
         if not password:
             raise ValueError("the embedded consensus needs a password (it encrypts Raft traffic)")
         if node_id in partners:
@@ -246,6 +322,9 @@ class EmbeddedConsensus:
         self._connection_retry_s = connection_retry_s
         self._compaction_entries = compaction_entries
         self._compaction_interval_s = compaction_interval_s
+        self._snapshotter = snapshotter
+        self._max_entries = max_entries
+        self._offer_every = max(1, max_entries // 2)
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._node: SyncObj | None = None
@@ -255,6 +334,10 @@ class EmbeddedConsensus:
         self._applier_task: asyncio.Task[None] | None = None
         self._applied_index = 0
         self._apply_errors = 0
+        self._since_offer = 0  # commands applied since the last snapshot offered
+        self._restores = 0
+        self._restore_errors = 0
+        self._snapshot_errors = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._in_flight: set[asyncio.Future[tuple[Any, int]]] = set()
         self._stopped = False
@@ -294,7 +377,7 @@ class EmbeddedConsensus:
         self._loop = asyncio.get_running_loop()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._applier_task = self._loop.create_task(self._apply_entries(), name=f"raft-{self.node_id}-apply")
-        self._history = _History(self._from_raft)
+        self._history = _History(self._from_raft, self._max_entries if self._snapshotter else None)
         try:
             self._node = SyncObj(
                 self.self_address,
@@ -306,7 +389,7 @@ class EmbeddedConsensus:
         except Exception as exc:  # e.g. a journal it cannot open
             await self.stop()
             raise ConsensusError(f"node {self.node_id} cannot start: {exc}") from exc
-        self._node.addOnTickCallback(self._history.pump)
+        self._node.addOnTickCallback(self._history.tick)
         try:
             await asyncio.to_thread(self._node.waitBinded)
         except Exception as exc:
@@ -361,13 +444,65 @@ class EmbeddedConsensus:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                index, text = self._pending.popleft()
+                handed = self._pending.popleft()
+                if isinstance(handed, _Restore):
+                    if handed.index > self._applied_index:
+                        self._restore(handed)
+                        self._applied_index = handed.index
+                        self._wake_waiters()
+                    continue
+                index, text = handed
                 if index <= self._applied_index:
                     continue
                 if text is not None:
                     await self._apply_one(index, text)
+                    self._since_offer += 1
                 self._applied_index = index
                 self._wake_waiters()
+                if self._snapshotter is not None and self._since_offer >= self._offer_every:
+                    self._offer()
+
+    def _restore(self, base: _Restore) -> None:
+        """Hand the owner the state at a base it has not reached (the entries up to it are gone)."""
+        self._since_offer = 0
+        if self._snapshotter is None:
+            self._restore_errors += 1
+            logger.error(
+                "node %s: a snapshot's base at %d arrived, but this node has no snapshotter: the "
+                "entries up to it are not applied here (configure every node alike)",
+                self.node_id,
+                base.index,
+            )
+            return
+        try:
+            self._snapshotter.restore(base.index, base.data)
+            self._restores += 1
+        except Exception:
+            self._restore_errors += 1
+            logger.exception("node %s: restoring the state at %d failed", self.node_id, base.index)
+
+    def _offer(self) -> None:
+        """Take the owner's snapshot and leave it for pysyncobj's thread to fold the history into."""
+        assert self._snapshotter is not None
+        self._since_offer = 0
+        history = self._history
+        try:
+            index, data = self._snapshotter.take()
+        except Exception:
+            self._snapshot_errors += 1
+            logger.exception("node %s: taking a snapshot failed", self.node_id)
+            return
+        if index > self._applied_index:
+            self._snapshot_errors += 1
+            logger.error(
+                "node %s: a snapshot at %d is past the applied index %d; not used",
+                self.node_id,
+                index,
+                self._applied_index,
+            )
+            return
+        if history is not None:
+            history.offer(index, bytes(data))
 
     async def _apply_one(self, index: int, text: str) -> None:
         try:
@@ -479,8 +614,9 @@ class EmbeddedConsensus:
         )
 
     def status(self) -> ConsensusStatus:
-        """This node's view: leader, term, commit index, the last index applied here."""
-        node = self._node
+        """This node's view: leader, term, commit index, the last index applied here; in `detail`,
+        the history it holds (`log_entries` after the base at `snapshot_index`) and its restores."""
+        node, history = self._node, self._history
         leader = self.leader()
         running = node is not None and not self._stopped and bool(node.tick_thread_alive())
         quorum = False
@@ -506,6 +642,12 @@ class EmbeddedConsensus:
                 "raft_applied": int(node.raftLastApplied) if node is not None else 0,
                 "pending_applies": len(self._pending),
                 "apply_errors": self._apply_errors,
+                "log_entries": len(history.entries) if history is not None else 0,
+                "snapshot_index": history.base[0] if history is not None and history.base else 0,
+                "folds": history.folds if history is not None else 0,
+                "restores": self._restores,
+                "restore_errors": self._restore_errors,
+                "snapshot_errors": self._snapshot_errors,
             },
         )
 

@@ -6,9 +6,13 @@ Keys, under `prefix` (default `/mec`; several swarms can share one etcd with dis
     {prefix}/log/{i:020d}   entry i = 1, 2, ...: the command's JSON (`swarm.commands.to_json`)
     {prefix}/leader         the leader's node id, attached to the leader's lease
     {prefix}/members/{id}   a node's id, attached to that node's lease
+    {prefix}/snapshot       the latest snapshot's header: {"index", "chunks", "size", "sha256"}
+    {prefix}/snapshot-data/{i:020d}/{n:06d}   chunk n of the snapshot at index i (the state's bytes)
 
 Appending (`propose`): one transaction puts entry i only if key i is absent *and* key i-1 exists,
-so the log is dense and entries are never overwritten, whichever site proposes. A proposer that
+so the log is dense from its first kept entry on and entries are never overwritten, whichever
+site proposes (entry 1 also needs the snapshot header absent: once the log is compacted, a
+missing key below the first kept one is no free slot). A proposer that
 loses the race reads the last index in the same round trip and tries the next one (bounded by
 the proposal's deadline and `MAX_APPEND_ATTEMPTS`). A node's proposals go through one append
 thread: those that queue up while a transaction is out go together in the next one, as entries
@@ -24,7 +28,23 @@ index exactly once, in order; a coroutine applier is awaited before the next ent
 that raises is logged and counted (`status().detail["apply_errors"]`) and the entry counts as
 applied (every node applies the same entries, so it fails the same way everywhere); an entry that
 is not a known command is skipped likewise (`skipped_entries`). On start the follower replays the
-log from index 1.
+log from index 1, or from the snapshot when the log has been compacted (below).
+
+Compaction (with a `snapshotter`; without one the log keeps every entry): once the leader has
+applied `max_entries` entries past the latest snapshot, it takes its owner's snapshot (on the
+loop, between two entries) and its snapshot thread writes it: the chunks first (etcd takes
+requests up to 1.5 MiB, a state may be larger), then one transaction that puts the header, deletes
+every log key below the snapshot's index and every older snapshot's chunks, on the condition that
+the header is still the one it read (a concurrent snapshot wins or loses whole) and the entry at
+the snapshot's index exists. The entry at the index stays, so the next append still finds its
+predecessor, and the log holds about `max_entries` keys (plus those appended while a snapshot is
+written). Any other node does the same once the log runs `2 * max_entries` past the latest
+snapshot (a leader without a snapshotter, or one that cannot keep up). A follower whose next index
+is gone (a node started or restarted after a compaction, or one that fell that far behind) reads
+the header and its chunks (checked against the header's size and digest; read again when a newer
+snapshot replaced them meanwhile), hands the owner `Snapshotter.restore(index, data)` on the loop
+and reads on from the entry after it. A node without a snapshotter that finds its next index
+compacted away stops there and reports the gap (`gap_at`): configure every node alike.
 
 etcd3gw's watch on `{prefix}/log/` only rings a bell that starts the next range; entries never
 come from the watch itself, because etcd3gw's watch reports nothing when its stream ends (a killed
@@ -42,7 +62,8 @@ lease may have run out (its deadline counts from when the last renewal was *sent
 restarts before its crashed run's lease expired finds its own id in the leader key, on that old
 lease: it names no leader (it would forward to itself) until the key goes, then campaigns.
 
-Threads: the follower, the session (lease, leader, members) and the appender; every
+Threads: the follower, the session (lease, leader, members), the appender and (with a
+snapshotter) the snapshot writer; every
 call to etcd has a timeout (`request_timeout_s`, at most the time a proposal has left) and the
 members are tried in turn when one does not answer. Nothing blocks the event loop.
 """
@@ -54,7 +75,9 @@ import base64
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import inspect
+import json
 import logging
 import queue
 import threading
@@ -71,7 +94,7 @@ from etcd3gw import exceptions as etcd_errors
 from etcd3gw.watch import Watcher
 
 from swarm.commands import Command, command_from_json, to_json
-from swarm.consensus.base import Applier, ConsensusError, ConsensusStatus, poll_leader
+from swarm.consensus.base import Applier, ConsensusError, ConsensusStatus, Snapshotter, poll_leader
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +117,11 @@ allows 128 operations per transaction by default)..."""
 MAX_BATCH_BYTES = 256 * 1024
 """... and this much JSON at most (etcd takes requests up to 1.5 MiB by default)."""
 DEFAULT_PORT = 2379
+CHUNK_BYTES = 512 * 1024
+"""A snapshot's bytes go to etcd in chunks of this much at most (base64 in a request of 1.5 MiB)."""
+CHUNK_DIGITS = 6
+SNAPSHOT_READ_ATTEMPTS = 5
+"""Reads of a snapshot that a newer one replaced meanwhile, before the follower backs off."""
 
 _SORT_ASCEND, _SORT_DESCEND, _SORT_BY_KEY = 1, 2, 0
 
@@ -294,8 +322,35 @@ class _Proposal:
     future: concurrent.futures.Future[int]
 
 
+@dataclass(frozen=True, slots=True)
+class _Restore:
+    """A snapshot for the loop to restore before the entries after its index."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """The snapshot header as read, with the key's mod revision (0: there is none)."""
+
+    index: int
+    chunks: int
+    size: int
+    sha256: str
+    mod_revision: int
+
+    @classmethod
+    def absent(cls) -> _Header:
+        return cls(0, 0, 0, "", 0)
+
+
 def _transaction(client: etcd3gw.Etcd3Client, txn: dict[str, Any]) -> dict[str, Any]:
     return cast(dict[str, Any], client.transaction(txn))
+
+
+def _post(path: str, request: dict[str, Any], client: etcd3gw.Etcd3Client) -> dict[str, Any]:
+    return dict(client.post(client.get_url(path), json=request))
 
 
 def _close(watcher: Watcher | None) -> None:
@@ -323,14 +378,20 @@ class EtcdConsensus:
         poll_interval_s: float = 1.0,
         batch_size: int = 256,
         max_pending: int = 1024,
+        snapshotter: Snapshotter | None = None,
+        max_entries: int = 1000,
     ) -> None:
         """`lease_ttl_s`: how long a crashed node stays leader and member (etcd raises it to its
         own minimum, 1.5 × its election timeout); `request_timeout_s`: the most one request to
         etcd may take; `poll_interval_s`: how long an entry can wait to be seen when a watch is
         lost; `batch_size`: entries per read; `max_pending`: entries read but not yet applied
-        before the follower waits for the applier."""
+        before the follower waits for the applier; `snapshotter`: the applier's owner, whose
+        snapshots let the log be compacted to about `max_entries` keys (see the module's
+        docstring)."""
         if not node_id or "/" in node_id:
             raise ValueError(f"a node id is a non-empty name without '/': {node_id!r}")
+        if max_entries < 2:
+            raise ValueError("max_entries must be at least 2")
         if lease_ttl_s < 1:
             raise ValueError("lease_ttl_s is a whole number of seconds, at least 1")
         if not prefix.startswith("/") or prefix.rstrip("/") == "":
@@ -343,6 +404,8 @@ class EtcdConsensus:
         self._poll_interval_s = poll_interval_s
         self._batch_size = batch_size
         self._max_pending = max_pending
+        self._snapshotter = snapshotter
+        self._max_entries = max_entries
         self._keepalive_s = lease_ttl_s / 3
         self._session_timeout_s = max(0.2, min(request_timeout_s, lease_ttl_s / 4))
         self._cluster = _Cluster(endpoints, watch_read_timeout_s=max(10.0, 5 * poll_interval_s))
@@ -351,6 +414,8 @@ class EtcdConsensus:
         self._log_end = _prefix_end(self._log_prefix)
         self._leader_key = f"{self.prefix}/leader"
         self._members_prefix = f"{self.prefix}/members/"
+        self._snapshot_key = f"{self.prefix}/snapshot"
+        self._snapshot_data_prefix = f"{self.prefix}/snapshot-data/"
 
         # threads
         self._stopping = threading.Event()
@@ -359,7 +424,9 @@ class EtcdConsensus:
         self._follower: threading.Thread | None = None
         self._session: threading.Thread | None = None
         self._appender: threading.Thread | None = None
+        self._snapshot_writer: threading.Thread | None = None
         self._appends: queue.SimpleQueue[_Proposal | None] = queue.SimpleQueue()
+        self._snapshots: queue.SimpleQueue[tuple[int, bytes, int] | None] = queue.SimpleQueue()
         self._revoke_on_stop = True
 
         # shared state: written by the threads, read anywhere (under `_lock`)
@@ -376,22 +443,35 @@ class EtcdConsensus:
         """The last error of each thread's last round, None when it succeeded."""
         self._append_error: str | None = None
         self._gap_at: int | None = None
+        self._snapshot_index = 0
+        """The latest snapshot's index this node knows of (read, written or restored)."""
+        self._snapshot_busy = False
+        """A snapshot was handed to the writer and it has not finished with it."""
+        self._snapshots_written = 0
+        self._snapshot_errors = 0
         self._fetched_index = 0  # the follower thread's own
 
         # the event loop's own
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: asyncio.Queue[list[tuple[int, Command | None]]] | None = None
+        self._inbox: asyncio.Queue[list[tuple[int, Command | None]] | _Restore] | None = None
         self._apply_task: asyncio.Task[None] | None = None
         self._applied_index = 0
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._apply_errors = 0
         self._skipped_entries = 0
+        self._restores = 0
+        self._restore_errors = 0
         self._stop_task: asyncio.Task[None] | None = None
 
     # --- keys ---------------------------------------------------------------------------------
 
     def _log_key(self, index: int) -> str:
         return f"{self._log_prefix}{index:0{INDEX_DIGITS}d}"
+
+    def _snapshot_data_key(self, index: int, chunk: int | None = None) -> str:
+        """The key of one chunk of the snapshot at `index`, or (None) the prefix of its chunks."""
+        base = f"{self._snapshot_data_prefix}{index:0{INDEX_DIGITS}d}/"
+        return base if chunk is None else f"{base}{chunk:0{CHUNK_DIGITS}d}"
 
     def _index_of(self, key: bytes) -> int | None:
         text = key.decode(errors="replace")
@@ -456,6 +536,11 @@ class EtcdConsensus:
             target=self._follow, name=f"etcd-{self.node_id}-follow", daemon=True
         )
         self._session = threading.Thread(target=self._lead, name=f"etcd-{self.node_id}-session", daemon=True)
+        if self._snapshotter is not None:
+            self._snapshot_writer = threading.Thread(
+                target=self._write_snapshots, name=f"etcd-{self.node_id}-snapshot", daemon=True
+            )
+            self._snapshot_writer.start()
         self._follower.start()
         self._session.start()
         self._appender.start()
@@ -476,7 +561,9 @@ class EtcdConsensus:
         self._log_bell.set()
         self._session_bell.set()
         self._appends.put(None)
-        threads = [thread for thread in (self._session, self._follower, self._appender) if thread is not None]
+        self._snapshots.put(None)
+        parts = (self._session, self._follower, self._appender, self._snapshot_writer)
+        threads = [thread for thread in parts if thread is not None]
         join_s = 3 * self._request_timeout_s + 1.0
         if threads:
             await asyncio.to_thread(self._join, threads, join_s)
@@ -593,6 +680,11 @@ class EtcdConsensus:
                 "error": error,
                 "apply_errors": self._apply_errors,
                 "skipped_entries": self._skipped_entries,
+                "snapshot_index": self._snapshot_index,
+                "snapshots_written": self._snapshots_written,
+                "snapshot_errors": self._snapshot_errors,
+                "restores": self._restores,
+                "restore_errors": self._restore_errors,
             }
             if self._gap_at is not None:
                 detail["gap_at"] = self._gap_at
@@ -655,6 +747,10 @@ class EtcdConsensus:
         if index > 1:
             previous = _b64(self._log_key(index - 1))
             compare.append({"key": previous, "target": "VERSION", "result": "GREATER", "version": 0})
+        else:  # key 1 is free only in a log never compacted
+            compare.append(
+                {"key": _b64(self._snapshot_key), "target": "VERSION", "result": "EQUAL", "version": 0}
+            )
         puts = [
             {"request_put": {"key": _b64(self._log_key(index + offset)), "value": _b64(payload)}}
             for offset, payload in enumerate(payloads)
@@ -699,8 +795,8 @@ class EtcdConsensus:
                 raise ConsensusError(f"etcd refused the append: {exc}") from exc
             if not response.get("succeeded"):
                 taken = response["responses"][0]["response_range"].get("kvs") or []
-                found = [_unb64(kv.get("value", "")) for kv in taken]
-                if not (ambiguous and found == expected):
+                found = [(self._index_of(_unb64(kv["key"])), _unb64(kv.get("value", ""))) for kv in taken]
+                if not (ambiguous and found == list(enumerate(expected, start=index))):
                     ambiguous = False
                     index = self._last_index_in(response["responses"][1]["response_range"]) + 1
                     self._note_index(index - 1)
@@ -777,15 +873,24 @@ class EtcdConsensus:
 
         response = self._cluster.attempt(read, self._request_timeout_s)
         revision = int(response["header"]["revision"])
+        kvs = response.get("kvs") or []
+        if kvs and self._snapshotter is not None and (self._index_of(_unb64(kvs[0]["key"])) or 0) > first:
+            return revision, self._catch_up_from_snapshot(first)  # the next entries were compacted away
         batch: list[tuple[int, Command | None]] = []
         expected = first
         gap = False
-        for kv in response.get("kvs") or []:
+        for kv in kvs:
             index = self._index_of(_unb64(kv["key"]))
-            if index != expected:  # impossible while only this backend writes the log
+            if index != expected:  # compacted (and no snapshotter here), or not this backend's log
                 gap = True
                 if self._gap_at != expected:
-                    log.error("the log under %s lacks entry %d (found %r)", self._log_prefix, expected, index)
+                    log.error(
+                        "the log under %s lacks entry %d (found %r)%s",
+                        self._log_prefix,
+                        expected,
+                        index,
+                        "" if self._snapshotter else ": compacted? this node has no snapshotter",
+                    )
                 self._gap_at = expected
                 break
             batch.append((index, self._decode(index, kv.get("value", ""))))
@@ -796,6 +901,200 @@ class EtcdConsensus:
             assert self._loop is not None and self._inbox is not None
             self._loop.call_soon_threadsafe(self._inbox.put_nowait, batch)
         return revision, bool(response.get("more")) and not gap
+
+    # --- snapshots (the follower thread reads them, the snapshot thread writes them) -----------------
+
+    def _read_header(self, client: etcd3gw.Etcd3Client) -> _Header:
+        response = dict(client.post(client.get_url("/kv/range"), json={"key": _b64(self._snapshot_key)}))
+        kvs = response.get("kvs") or []
+        if not kvs:
+            return _Header.absent()
+        data = json.loads(_unb64(kvs[0].get("value", "")))
+        return _Header(
+            int(data["index"]),
+            int(data["chunks"]),
+            int(data["size"]),
+            str(data["sha256"]),
+            int(kvs[0]["mod_revision"]),
+        )
+
+    def _read_chunk(self, index: int, chunk: int, client: etcd3gw.Etcd3Client) -> bytes | None:
+        request = {"key": _b64(self._snapshot_data_key(index, chunk))}
+        kvs = dict(client.post(client.get_url("/kv/range"), json=request)).get("kvs") or []
+        return _unb64(kvs[0].get("value", "")) if kvs else None
+
+    def _read_snapshot(self) -> tuple[_Header, bytes | None]:
+        """The latest snapshot's header and its bytes: None when there is none, or when a newer
+        snapshot replaced its chunks while they were read."""
+        header = self._cluster.attempt(self._read_header, self._request_timeout_s)
+        if header.mod_revision == 0:
+            return header, None
+        parts: list[bytes] = []
+        for chunk in range(header.chunks):
+            part = self._cluster.attempt(
+                functools.partial(self._read_chunk, header.index, chunk), self._request_timeout_s
+            )
+            if part is None:
+                return header, None
+            parts.append(part)
+        data = b"".join(parts)
+        if len(data) != header.size or hashlib.sha256(data).hexdigest() != header.sha256:
+            return header, None
+        return header, data
+
+    def _catch_up_from_snapshot(self, needed: int) -> bool:
+        """The follower's next index, `needed`, was compacted away: hand the loop the latest
+        snapshot and go on after it. Whether it did (False: no snapshot covers `needed`)."""
+        for _ in range(SNAPSHOT_READ_ATTEMPTS):
+            header, data = self._read_snapshot()
+            if header.mod_revision == 0 or header.index < needed:
+                break
+            if data is None:
+                continue  # replaced while it was read: read the newer one
+            self._fetched_index = header.index
+            self._note_index(header.index)
+            with self._lock:
+                self._snapshot_index = max(self._snapshot_index, header.index)
+                self._gap_at = None
+            assert self._loop is not None and self._inbox is not None
+            self._loop.call_soon_threadsafe(self._inbox.put_nowait, _Restore(header.index, data))
+            log.info(
+                "%s: entry %d was compacted; restoring the snapshot at %d", self.node_id, needed, header.index
+            )
+            return True
+        else:
+            raise _Unavailable("the snapshot changed under every read")
+        if self._gap_at != needed:
+            log.error("%s: entry %d is compacted away and no snapshot covers it", self.node_id, needed)
+        self._gap_at = needed
+        return False
+
+    def _write_snapshots(self) -> None:
+        """The snapshot thread: write each snapshot the loop hands over (see the module's docstring)."""
+        while True:
+            handed = self._snapshots.get()
+            if handed is None or self._stopping.is_set():
+                break
+            index, data, gap = handed
+            try:
+                self._write_snapshot(index, data, gap)
+            except (_Unavailable, _Rejected, KeyError, TypeError, ValueError) as exc:
+                with self._lock:
+                    self._snapshot_errors += 1
+                log.warning("%s: the snapshot at %d was not written: %s", self.node_id, index, _describe(exc))
+            finally:
+                with self._lock:
+                    self._snapshot_busy = False
+
+    def _write_snapshot(self, index: int, data: bytes, gap: int) -> None:
+        """Write the snapshot at `index` unless the latest one is fewer than `gap` entries behind
+        it; compact the log below it in the transaction that makes it the latest."""
+        timeout = self._request_timeout_s
+        header = self._cluster.call(self._read_header, 3 * timeout, timeout)
+        with self._lock:
+            self._snapshot_index = max(self._snapshot_index, header.index)
+        if index - header.index < gap:
+            return  # another node compacted recently enough
+        chunks = [data[start : start + CHUNK_BYTES] for start in range(0, len(data), CHUNK_BYTES)] or [b""]
+        for number, chunk in enumerate(chunks):
+            if self._stopping.is_set():
+                return
+            key, value = self._snapshot_data_key(index, number), base64.b64encode(chunk).decode("ascii")
+            put = functools.partial(_post, "/kv/put", {"key": _b64(key), "value": value})
+            self._cluster.call(put, 3 * timeout, timeout)
+        value = json.dumps(
+            {
+                "index": index,
+                "chunks": len(chunks),
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+        snapshot_key = _b64(self._snapshot_key)
+        unchanged = (
+            {"key": snapshot_key, "target": "MOD", "result": "EQUAL", "mod_revision": header.mod_revision}
+            if header.mod_revision
+            else {"key": snapshot_key, "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+        )
+        txn = {
+            "compare": [
+                unchanged,
+                {"key": _b64(self._log_key(index)), "target": "VERSION", "result": "GREATER", "version": 0},
+            ],
+            "success": [
+                {"request_put": {"key": snapshot_key, "value": _b64(value)}},
+                {
+                    "request_delete_range": {
+                        "key": _b64(self._log_prefix),
+                        "range_end": _b64(self._log_key(index)),
+                    }
+                },
+                {
+                    "request_delete_range": {
+                        "key": _b64(self._snapshot_data_prefix),
+                        "range_end": _b64(self._snapshot_data_key(index)),
+                    }
+                },
+            ],
+            "failure": [],
+        }
+        response = self._cluster.call(lambda client: _transaction(client, txn), 3 * timeout, timeout)
+        if response.get("succeeded"):
+            with self._lock:
+                self._snapshot_index = max(self._snapshot_index, index)
+                self._snapshots_written += 1
+            log.info("%s wrote the snapshot at %d and compacted the log below it", self.node_id, index)
+            return
+        # lost to another snapshot (or to an answer lost on the way): drop these chunks unless
+        # the header now names this very index (equal bytes: a node's snapshot at an index is any node's)
+        now = self._cluster.call(self._read_header, 3 * timeout, timeout)
+        with self._lock:
+            self._snapshot_index = max(self._snapshot_index, now.index)
+        if now.index == index:
+            return
+        prefix = self._snapshot_data_key(index)
+        current = (
+            {"key": snapshot_key, "target": "MOD", "result": "EQUAL", "mod_revision": now.mod_revision}
+            if now.mod_revision
+            else {"key": snapshot_key, "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+        )
+        drop = {
+            "compare": [current],
+            "success": [
+                {"request_delete_range": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}}
+            ],
+            "failure": [],
+        }
+        self._cluster.call(lambda client: _transaction(client, drop), 3 * timeout, timeout)
+
+    def _maybe_snapshot(self) -> None:
+        """On the loop, after a batch: hand the writer a snapshot once the log runs `max_entries`
+        past the latest one (this node leads) or twice that (it does not)."""
+        if self._snapshotter is None or self._stopping.is_set():
+            return
+        gap = self._max_entries if self.is_leader() else 2 * self._max_entries
+        with self._lock:
+            if self._snapshot_busy or self._applied_index - self._snapshot_index < gap:
+                return
+            self._snapshot_busy = True
+        try:
+            index, data = self._snapshotter.take()
+        except Exception:
+            log.exception("%s: taking a snapshot failed", self.node_id)
+            index, data = 0, b""
+        if not 0 < index <= self._applied_index:
+            with self._lock:
+                self._snapshot_busy = False
+                self._snapshot_errors += 1
+            if index:
+                log.error(
+                    "%s: a snapshot at %d is not within the applied index %d",
+                    self.node_id,
+                    index,
+                    self._applied_index,
+                )
+            return
+        self._snapshots.put((index, bytes(data), gap))
 
     def _decode(self, index: int, value: str) -> Command | None:
         try:
@@ -808,6 +1107,9 @@ class EtcdConsensus:
         assert self._inbox is not None
         while True:
             batch = await self._inbox.get()
+            if isinstance(batch, _Restore):
+                self._restore(batch)
+                continue
             for index, command in batch:
                 if index != self._applied_index + 1:  # the follower hands each index over once
                     log.error("entry %d arrived after %d; ignored", index, self._applied_index)
@@ -828,6 +1130,24 @@ class EtcdConsensus:
                 for future in self._waiters.pop(index, ()):
                     if not future.done():
                         future.set_result(None)
+            self._maybe_snapshot()
+
+    def _restore(self, snapshot: _Restore) -> None:
+        """On the loop: the owner's state becomes the snapshot's; applied up to its index."""
+        if snapshot.index <= self._applied_index:
+            return
+        assert self._snapshotter is not None  # the follower restores only with one
+        try:
+            self._snapshotter.restore(snapshot.index, snapshot.data)
+            self._restores += 1
+        except Exception:
+            self._restore_errors += 1
+            log.exception("%s: restoring the snapshot at %d failed", self.node_id, snapshot.index)
+        self._applied_index = snapshot.index
+        for index in [index for index in self._waiters if index <= snapshot.index]:
+            for future in self._waiters.pop(index):
+                if not future.done():
+                    future.set_result(None)
 
     # --- lease, leader, members (the session thread) ---------------------------------------------
 

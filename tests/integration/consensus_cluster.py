@@ -306,6 +306,12 @@ class Cluster:
             raise AssertionError(f"node {node_id} did not answer /applied: {code} {body}")
         return list(body["entries"])
 
+    def state(self, node_id: str) -> dict[str, Any] | None:
+        """The node's `/state`: its `SwarmState` export and how many snapshots it restored; None
+        when it does not answer."""
+        code, body = self.request(node_id, "GET", "/state")
+        return body if code == 200 else None
+
     # --- waiting for the cluster ----------------------------------------------------------------
 
     def current_leader(self, exclude: Iterable[str] = ()) -> str | None:

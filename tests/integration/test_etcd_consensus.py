@@ -8,7 +8,9 @@ the three members' endpoints, starting from a different one. The log in etcd is 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -377,3 +379,65 @@ async def test_an_append_whose_answer_was_lost_is_not_written_twice(etcd: EtcdCl
         assert sorted(command_id for _, command_id in stored) == sorted(command.id for command in commands)
         assert [index for index, _ in stored] == [1, 2, 3]
         assert dict(zip((c.id for c in commands), indexes, strict=True)) == {cid: i for i, cid in stored}
+
+
+class PaddedState:
+    """A state machine (the applied ids) whose snapshots are padded past one etcd chunk."""
+
+    def __init__(self, padding: int) -> None:
+        self.padding = padding
+        self.ids: list[str] = []
+        self.index = 0
+        self.restored: list[int] = []
+
+    def apply(self, index: int, command: Command) -> None:
+        self.ids.append(command.id)
+        self.index = index
+
+    def take(self) -> tuple[int, bytes]:
+        return self.index, json.dumps({"ids": self.ids, "padding": "x" * self.padding}).encode()
+
+    def restore(self, index: int, data: bytes) -> None:
+        self.ids = list(json.loads(data)["ids"])
+        self.index = index
+        self.restored.append(index)
+
+
+async def test_a_node_started_after_compaction_restores_a_snapshot_of_several_chunks(
+    etcd: EtcdCluster,
+) -> None:
+    """The snapshot goes to etcd in chunks (it is larger than one request may be); a node that
+    starts once the log's first entries are gone reads them back whole, then the entries after,
+    and its first proposal goes after the last entry, never into a compacted slot."""
+    padding = 2 * etcd_module.CHUNK_BYTES + 1000
+    first = PaddedState(padding)
+    node = EtcdConsensus("a", etcd.endpoints, first.apply, snapshotter=first, max_entries=5)
+    await node.start()
+    late_node: EtcdConsensus | None = None
+    try:
+        await node.wait_leader(BOUND_S)
+        await eventually(node.is_leader, "the only node leads")
+        for n in range(12):
+            await node.propose(Note(f"early-{n}"), timeout_s=PROPOSE_S)
+        await eventually(lambda: node.status().detail["snapshot_index"] >= 10, "a snapshot past entry 10")
+        assert stored_log(etcd)[0][0] > 1 and len(stored_log(etcd)) <= 5
+        # a node that knows no index yet tries slot 1 first: compacted, not free
+        fresh = EtcdConsensus("fresh", etcd.endpoints, first.apply)  # never started
+        stray = Note("appended by a node that knows no index")
+        slot = await asyncio.to_thread(fresh._append, [to_json(stray)], time.monotonic() + PROPOSE_S)
+        assert slot == 13 and stored_log(etcd)[-1] == (13, to_json(stray))
+
+        late = PaddedState(padding)
+        late_node = EtcdConsensus(
+            "late", rotated(etcd.endpoints, 1), late.apply, snapshotter=late, max_entries=5
+        )
+        await late_node.start()
+        await eventually(lambda: late.ids == first.ids, "the late node holds every id", BOUND_S)
+        assert late.restored and late.restored[0] >= 10
+        index = await late_node.propose(Note("from the late node"), timeout_s=PROPOSE_S)
+        assert index == 14
+        await eventually(lambda: first.ids == late.ids and len(late.ids) == 14, "both applied it")
+    finally:
+        if late_node is not None:
+            await late_node.stop()
+        await node.stop()

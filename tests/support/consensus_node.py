@@ -6,12 +6,15 @@
     python -m tests.support.consensus_node --backend etcd --id a --data-dir DIR --http-port 8001 \\
         --etcd-endpoints http://127.0.0.1:2379,http://127.0.0.1:22379 --etcd-lease-ttl 1
 
-It runs one backend node (`build_backend`) on an asyncio loop with a tiny state machine: the
-applied log, kept in memory and appended to `DIR/applied.log` (one JSON line per entry, flushed;
-the previous start's file is kept as `applied.prev.log`, since a restarted node applies its whole
-log again). Each entry is `{"index", "id", "type", "command", "duplicate", "applied_at"}`:
-`duplicate` says a command with that id was applied before (the state machine's dedupe: a retry
-that committed twice), `applied_at` is `time.time()` when it was applied.
+It runs one backend node (`build_backend`) on an asyncio loop with two state machines fed by the
+same applier. The applied log, kept in memory and appended to `DIR/applied.log` (one JSON line per
+entry, flushed; the previous start's file is kept as `applied.prev.log`, since a restarted node
+applies its whole log again). Each entry is `{"index", "id", "type", "command", "duplicate",
+"applied_at"}`: `duplicate` says a command with that id was applied before (the state machine's
+dedupe: a retry that committed twice), `applied_at` is `time.time()` when it was applied. And the
+swarm's own `SwarmState`. With `--max-entries N` the backend gets the `SwarmState`'s snapshotter
+and bounds its log to about N entries: a node restored from a snapshot then has only the entries
+after it in its applied log, while its `SwarmState` is whole.
 
 A loopback-only HTTP/1.1 control API (keep-alive, JSON bodies):
 
@@ -19,7 +22,8 @@ A loopback-only HTTP/1.1 control API (keep-alive, JSON bodies):
   given id: a retry) and answers `{"index", "id"}`, or 503 `{"error", "id", "leader"}`;
 * `GET /status`: the backend's `ConsensusStatus` (plus `pid`);
 * `GET /applied?after=N&wait_s=S`: `{"entries": [...], "applied_index"}` with the entries after
-  index N, waiting up to S seconds (at most 30) for one when there is none yet.
+  index N, waiting up to S seconds (at most 30) for one when there is none yet;
+* `GET /state`: `{"export": SwarmState.export(), "restores": n}` (`restores`: snapshots restored).
 
 It prints `ready <node id> http://127.0.0.1:<port>` once it serves, and stops on SIGTERM or SIGINT.
 """
@@ -43,7 +47,8 @@ from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
 from swarm.commands import Command, Note, to_json
-from swarm.consensus.base import Applier, Consensus, ConsensusError, NotLeaderError
+from swarm.consensus.base import Applier, Consensus, ConsensusError, NotLeaderError, Snapshotter
+from swarm.state import StateSnapshotter, SwarmState
 
 HOST = "127.0.0.1"
 MAX_BODY = 1 << 20
@@ -62,7 +67,7 @@ REASONS = {
 # --- backends -------------------------------------------------------------------------------------
 
 
-def _embedded(args: argparse.Namespace, applier: Applier) -> Consensus:
+def _embedded(args: argparse.Namespace, applier: Applier, snapshotter: Snapshotter | None) -> Consensus:
     from swarm.consensus.embedded import EmbeddedConsensus
 
     if not args.raft or not args.password:
@@ -78,30 +83,41 @@ def _embedded(args: argparse.Namespace, applier: Applier) -> Consensus:
         election_timeout_s=(float(low), float(high)),
         compaction_entries=args.compaction_entries,
         keepalive_s=args.keepalive or None,
+        snapshotter=snapshotter,
+        max_entries=args.max_entries or 1000,
     )
 
 
-def _etcd(args: argparse.Namespace, applier: Applier) -> Consensus:
+def _etcd(args: argparse.Namespace, applier: Applier, snapshotter: Snapshotter | None) -> Consensus:
     from swarm.consensus.etcd import EtcdConsensus
 
     endpoints = [url.strip() for url in args.etcd_endpoints.split(",") if url.strip()]
     if not endpoints:
         raise SystemExit("--backend etcd needs --etcd-endpoints")
     return EtcdConsensus(
-        args.id, endpoints, applier, prefix=args.etcd_prefix, lease_ttl_s=args.etcd_lease_ttl
+        args.id,
+        endpoints,
+        applier,
+        prefix=args.etcd_prefix,
+        lease_ttl_s=args.etcd_lease_ttl,
+        snapshotter=snapshotter,
+        max_entries=args.max_entries or 1000,
     )
 
 
-BACKENDS: dict[str, Callable[[argparse.Namespace, Applier], Consensus]] = {
+BACKENDS: dict[str, Callable[[argparse.Namespace, Applier, Snapshotter | None], Consensus]] = {
     "embedded": _embedded,
     "etcd": _etcd,
 }
 """Backend name -> builder from the parsed flags (add one here, with its flags in `parser()`)."""
 
 
-def build_backend(args: argparse.Namespace, applier: Applier) -> Consensus:
-    """The consensus node the flags describe, delivering to `applier`."""
-    return BACKENDS[args.backend](args, applier)
+def build_backend(
+    args: argparse.Namespace, applier: Applier, snapshotter: Snapshotter | None = None
+) -> Consensus:
+    """The consensus node the flags describe, delivering to `applier` (and, with `--max-entries`,
+    compacting its log with `snapshotter`)."""
+    return BACKENDS[args.backend](args, applier, snapshotter if args.max_entries else None)
 
 
 def _partner(text: str) -> tuple[str, str]:
@@ -128,6 +144,12 @@ def parser() -> argparse.ArgumentParser:
         "--compaction-entries", type=int, default=5000, help="embedded: compact the log this often"
     )
     p.add_argument("--keepalive", type=float, default=0.25, help="embedded: link keepalive period (0: off)")
+    p.add_argument(
+        "--max-entries",
+        type=int,
+        default=0,
+        help="bound the log to about this many entries with snapshots (0: off)",
+    )
     p.add_argument("--etcd-endpoints", default="", help="etcd: comma-separated etcd client URLs")
     p.add_argument("--etcd-prefix", default="/mec", help="etcd: the swarm's key prefix")
     p.add_argument("--etcd-lease-ttl", type=int, default=2, help="etcd: the node's lease TTL in seconds")
@@ -178,12 +200,25 @@ class AppliedLog:
 # --- the control API --------------------------------------------------------------------------------
 
 
-class ControlApi:
-    """The HTTP handlers over one backend node and its applied log."""
+class CountedSnapshotter(StateSnapshotter):
+    """The swarm state's snapshotter, counting the restores."""
 
-    def __init__(self, backend: Consensus, log: AppliedLog) -> None:
+    def __init__(self, state: SwarmState) -> None:
+        super().__init__(state)
+        self.restores = 0
+
+    def restore(self, index: int, data: bytes) -> None:
+        super().restore(index, data)
+        self.restores += 1
+
+
+class ControlApi:
+    """The HTTP handlers over one backend node, its applied log and its swarm state."""
+
+    def __init__(self, backend: Consensus, log: AppliedLog, snapshots: CountedSnapshotter) -> None:
         self.backend = backend
         self.log = log
+        self.snapshots = snapshots
 
     async def route(self, method: str, target: str, body: bytes) -> tuple[int, dict[str, Any]]:
         url = urlsplit(target)
@@ -192,6 +227,7 @@ class ControlApi:
             "/propose": ("POST", self.propose),
             "/status": ("GET", self.status),
             "/applied": ("GET", self.applied),
+            "/state": ("GET", self.state),
         }
         if url.path not in routes:
             return 404, {"error": f"no route {url.path}"}
@@ -230,6 +266,9 @@ class ControlApi:
             entries = self.log.after(after)
         last = self.log.entries[-1]["index"] if self.log.entries else 0
         return 200, {"entries": entries, "applied_index": last}
+
+    async def state(self, query: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        return 200, {"export": self.snapshots.state.export(), "restores": self.snapshots.restores}
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One HTTP/1.1 connection: requests in turn until the client closes (or asks to)."""
@@ -273,12 +312,19 @@ class ControlApi:
 async def run(args: argparse.Namespace) -> None:
     """Start the node and its API, print the ready line, serve until SIGTERM/SIGINT."""
     log = AppliedLog(Path(args.data_dir))
-    backend = build_backend(args, log.apply)
+    state = SwarmState()
+    snapshots = CountedSnapshotter(state)
+
+    def apply(index: int, command: Command) -> None:
+        log.apply(index, command)
+        state.apply(index, command)
+
+    backend = build_backend(args, apply, snapshots)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, done.set)
-    api = ControlApi(backend, log)
+    api = ControlApi(backend, log, snapshots)
     await backend.start()
     try:
         server = await asyncio.start_server(api.serve, HOST, args.http_port)

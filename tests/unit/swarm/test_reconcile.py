@@ -164,3 +164,21 @@ async def test_reconciles_run_one_at_a_time(runtime: ConcurrencyRuntime, swarm: 
     assert runtime.most_active == 1
     assert _sensors(runtime) == 2
     assert reconciler.passes == 3 and reconciler.scale_calls == 2
+
+
+async def test_a_restored_snapshot_is_carried_out_like_an_applied_entry(
+    runtime: ConcurrencyRuntime, swarm: Swarm
+) -> None:
+    # A long interval: after the first pass only the restore can make it reconcile.
+    reconciler = Reconciler("site-1", runtime, swarm.state, {"sensor": _service(replicas=1)}, interval_s=600)
+    await reconciler.start()
+    try:
+        await eventually(lambda: reconciler.passes >= 1, "the first pass")
+        elsewhere = Swarm()  # another site's state, further along the same log
+        elsewhere.append(SetPlacement("sensor", {"site-1": 1, "site-2": 1}))
+        swarm.state.restore(elsewhere.state.export())
+        await eventually(lambda: _sensors(runtime) == 1, "this site's replica of the restored placement")
+    finally:
+        await reconciler.stop()
+    swarm.state.restore(Swarm().state.export())  # stopped: no longer listening
+    assert swarm.state.listener_errors == 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from swarm.commands import (
     Command,
     JoinSite,
@@ -16,7 +18,7 @@ from swarm.commands import (
     command_from_json,
     to_json,
 )
-from swarm.state import SwarmState
+from swarm.state import StateSnapshotter, SwarmState
 
 
 def _log() -> list[Command]:
@@ -227,3 +229,86 @@ def test_snapshot_is_plain_data_that_callers_cannot_change_the_state_through() -
     state.placements["inference"]["site-1"] = 6
     assert state.snapshot()["members"][0]["capabilities"] == {"gpus": 1, "services": ["inference"]}
     assert state.placement("inference") == {"site-1": 1}
+
+
+def _retried_and_more(log: list[Command]) -> list[Command]:
+    """Commands that follow `log`: retries of some of its ids (applied and refused ones) and new ones."""
+    return [
+        log[0],  # an applied JoinSite retried
+        log[4],  # a refused SetPlacement retried
+        SetPlacement("inference", {"site-1": 1, "site-2": 1}),
+        LeaveSite("site-2"),
+        log[7],  # SetCloudFallback retried after its site left
+        Note("later"),
+    ]
+
+
+def test_a_state_restored_from_an_export_goes_on_exactly_like_the_original() -> None:
+    log = _log()
+    original = _applied(log)
+    exported = original.export()
+    json.dumps(exported, allow_nan=False)  # plain JSON data
+    copy = SwarmState()
+    copy.apply(1, Note("a state that is replaced whole"))
+    copy.restore(json.loads(json.dumps(exported)))
+    assert copy.export() == exported
+    assert copy.snapshot() == original.snapshot() and copy.history() == original.history()
+
+    later = _retried_and_more(log)
+    for offset, command in enumerate(later, start=1):
+        original.apply(len(log) + offset, command)
+        copy.apply(len(log) + offset, command_from_json(to_json(command)))
+    assert copy.export() == original.export()
+    assert copy.duplicates == original.duplicates == 4  # the retries stayed retries
+    for command in log:
+        assert copy.outcome(command.id) == original.outcome(command.id) is not None
+    assert list(copy.members) == list(original.members)  # the log's order, not a sorted one
+
+
+def test_export_keeps_the_id_memory_and_restore_fits_it_to_its_own_bound() -> None:
+    notes = [Note(f"n{i}") for i in range(6)]
+    source = SwarmState(id_memory=10, history=4)
+    for index, note in enumerate(notes, start=1):
+        source.apply(index, note)
+    small = SwarmState(id_memory=3, history=2)
+    small.restore(source.export())
+    assert small.remembered_ids() == 3
+    assert small.outcome(notes[2].id) is None and small.outcome(notes[3].id) == (True, None)
+    assert [entry["index"] for entry in small.history()] == [5, 6]
+    small.apply(7, notes[5])
+    assert small.duplicates == 1
+
+
+def test_a_restore_is_announced_and_bad_data_changes_nothing() -> None:
+    state = _applied(_log())
+    before = state.export()
+    restored: list[int] = []
+    applied: list[int] = []
+    state.subscribe(lambda index, command: applied.append(index))
+    unsubscribe = state.subscribe_restore(restored.append)
+    broken = {**before, "members": [{"site_id": "", "url": "x", "capabilities": {}, "joined_index": 1}]}
+    for bad in ({}, {**before, "format": 99}, broken, {**before, "seen": [["id", 3]]}):
+        with pytest.raises(ValueError):
+            state.restore(bad)
+    assert state.export() == before and restored == []
+    other = SwarmState()
+    other.apply(40, JoinSite("site-9", "http://z", {}))
+    state.restore(other.export())
+    assert restored == [40] and applied == []
+    assert list(state.members) == ["site-9"] and state.applied_index == 40
+    unsubscribe()
+    state.restore(before)
+    assert restored == [40]
+
+
+def test_the_snapshotter_round_trips_the_state_as_json_bytes() -> None:
+    source = _applied(_log())
+    index, data = StateSnapshotter(source).take()
+    assert index == source.applied_index == 12
+    target = SwarmState()
+    StateSnapshotter(target).restore(index, data)
+    assert target.export() == source.export()
+    with pytest.raises(ValueError):
+        StateSnapshotter(target).restore(3, data)  # a state past the index it is said to be at
+    with pytest.raises(ValueError):
+        StateSnapshotter(target).restore(12, b"not json")
