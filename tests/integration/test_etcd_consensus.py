@@ -130,8 +130,11 @@ async def test_one_leader_is_elected_and_every_node_sees_it(etcd: EtcdCluster) -
             lambda: all(site.node.status().members == ("a", "b", "c") for site in group.values()),
             "every node lists the three members",
         )
+        # healthy: each node has read the cluster recently; one just started may not have yet
+        await eventually(
+            lambda: all(site.node.status().healthy for site in group.values()), "every node healthy"
+        )
         statuses = [site.node.status() for site in group.values()]
-        assert all(status.healthy for status in statuses), statuses
         assert len({status.term for status in statuses}) == 1 and statuses[0].term > 0
         assert all(status.detail["backend"] == "etcd" for status in statuses)
 
