@@ -114,12 +114,18 @@ class AlertService:
         if self._pump is None:
             self._pump = asyncio.get_running_loop().create_task(self._deliver(), name="alert-sinks")
 
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every queued event has been through the sinks; False if not within `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._pending.join()
+                return True
+        return False
+
     async def stop(self) -> None:
         """Deliver what is queued (bounded wait), then stop the sinks."""
         if self._pump is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await self._pending.join()
+            await self.drain(5.0)
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
