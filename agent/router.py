@@ -8,10 +8,13 @@ to; else the one predicted to answer first), unless that answer is predicted lat
 view's `spill_share` of the budget left and a peer is predicted sooner (a spill, before the local
 instance saturates); then a peer site the swarm's balancer picks (its load table says it has
 room and is predicted to answer in time, RTT included; a request that a peer forwarded here is
-never forwarded again); otherwise a reject with 503 and `Retry-After`, at
-once, before anything is queued or sent. The cloud joins this list in a later tier.
+never forwarded again); then the service's cloud endpoint when its measured answer time fits
+(never for a forwarded request); otherwise a reject with 503 and `Retry-After` (the breaker's,
+code `cloud_unavailable`, while the cloud endpoint is failing), at once, before anything is
+queued or sent. In cloud mode (`View.cloud_spill`) a spill with no sooner peer goes to the cloud.
 
-The balancer is part of the view (`View.choose_peer`): it reads the load table as of that view.
+The balancer is part of the view (`View.choose_peer`): it reads the load table as of that view;
+the cloud endpoints too (`View.cloud`: each one's breaker and measured answer time).
 """
 
 from __future__ import annotations
