@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from agent.admission import Admission, InstanceGate
 from agent.errors import SiteError
 from agent.hedging import HedgeBudget
+from agent.request_trace import RequestTracer
 from agent.router import Plan, PlanRequest, Tier, plan
 from agent.scopes import Principal
 from agent.upstream import (
@@ -214,6 +215,9 @@ class Dispatcher:
         self.forwarder = forwarder
         self.cloud = cloud
         """How requests reach peer sites; None: a site on its own."""
+        self.tracer: RequestTracer | None = None
+        """One span per finished request when tracing is on (set by the site); None: no tracing,
+        and the fast path pays one test of this attribute."""
         self._shared: dict[tuple[str, str, str], _SharedCall] = {}
         self._typical_ms: dict[str, float] = {}
         self.late = 0
@@ -620,6 +624,8 @@ class Dispatcher:
         self.requests.record(
             outcome.service, outcome.tier, outcome.status, timings["total"], call.client_kind
         )
+        if self.tracer is not None:
+            self.tracer.finished(call, outcome, arrived, now, budget_ms or call.latency_budget_ms)
         return outcome
 
 
