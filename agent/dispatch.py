@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from agent.admission import Admission, InstanceGate
 from agent.errors import SiteError
 from agent.hedging import HedgeBudget
+from agent.request_trace import RequestTracer
 from agent.router import Plan, PlanRequest, Tier, plan
 from agent.scopes import Principal
 from agent.upstream import (
@@ -214,6 +215,9 @@ class Dispatcher:
         self.forwarder = forwarder
         self.cloud = cloud
         """How requests reach peer sites; None: a site on its own."""
+        self.tracer: RequestTracer | None = None
+        """One span per finished request when tracing is on (set by the site); None: no tracing,
+        and the fast path pays one test of this attribute."""
         self._shared: dict[tuple[str, str, str], _SharedCall] = {}
         self._typical_ms: dict[str, float] = {}
         self.late = 0
@@ -239,7 +243,7 @@ class Dispatcher:
                 f"unknown service {call.service!r}; known: {sorted(view.services)}",
                 "service",
             )
-            return self._finish(arrived, math.inf, timings, Outcome.failed(error, UNKNOWN_SERVICE))
+            return self._finish(call, arrived, math.inf, timings, Outcome.failed(error, UNKNOWN_SERVICE))
         if call.client_kind not in service.client_kinds:
             error = SiteError(
                 403,
@@ -247,7 +251,7 @@ class Dispatcher:
                 f"service {service.name!r} serves {sorted(service.client_kinds)} clients, not {call.client_kind!r}",
                 "client.kind",
             )
-            return self._finish(arrived, math.inf, timings, Outcome.failed(error, call.service))
+            return self._finish(call, arrived, math.inf, timings, Outcome.failed(error, call.service))
         if call.cache_ttl_s is not None and call.cache_ttl_s > service.max_cache_ttl_s:
             error = SiteError(
                 422,
@@ -255,7 +259,7 @@ class Dispatcher:
                 f"cache_ttl_s: at most {service.max_cache_ttl_s:g} s for service {service.name!r}",
                 "cache_ttl_s",
             )
-            return self._finish(arrived, math.inf, timings, Outcome.failed(error, call.service))
+            return self._finish(call, arrived, math.inf, timings, Outcome.failed(error, call.service))
 
         budget_ms = call.latency_budget_ms or service.default_budget_ms
         # The request may have waited unseen in socket buffers before the loop read it, about as
@@ -268,7 +272,9 @@ class Dispatcher:
                 f"the {budget_ms} ms budget was gone before the dispatcher started: the request waited "
                 f"{_ms(arrived, entered)} ms at the site, whose event loop runs {self.admission.lag_ms:.1f} ms late",
             )
-            return self._finish(arrived, deadline, timings, Outcome.failed(error, service.name))
+            return self._finish(
+                call, arrived, deadline, timings, Outcome.failed(error, service.name), budget_ms
+            )
         cache_key = self._cache_key(call, service)
         cached: bytes | None = None
         if cache_key is not None:
@@ -335,7 +341,9 @@ class Dispatcher:
                 outcome = await self._serve_local(job, cache_key)
         else:
             outcome = self._reject(service.name, decision)
-        return self._finish(arrived, deadline, timings, outcome, cacheable=cache_key is not None)
+        return self._finish(
+            call, arrived, deadline, timings, outcome, budget_ms, cacheable=cache_key is not None
+        )
 
     async def _serve_local(self, job: _Job, cache_key: str | None) -> Outcome:
         """Call the planned local instance; concurrent misses of one cache key share the call."""
@@ -602,10 +610,12 @@ class Dispatcher:
 
     def _finish(
         self,
+        call: ClientCall,
         arrived: float,
         deadline: float,
         timings: dict[str, float],
         outcome: Outcome,
+        budget_ms: int | None = None,
         cacheable: bool = False,
     ) -> Outcome:
         """The last word on an outcome, just before it is rendered: a 200 past the budget is a 504."""
@@ -621,7 +631,11 @@ class Dispatcher:
             outcome = Outcome.failed(error, outcome.service, outcome.tier, outcome.target)
         timings["total"] = _ms(arrived, now)
         outcome.timings_ms = timings
-        self.requests.record(outcome.service, outcome.tier, outcome.status, timings["total"])
+        self.requests.record(
+            outcome.service, outcome.tier, outcome.status, timings["total"], call.client_kind
+        )
+        if self.tracer is not None:
+            self.tracer.finished(call, outcome, arrived, now, budget_ms or call.latency_budget_ms)
         return outcome
 
 

@@ -18,6 +18,7 @@ from agent.cloud_forwarding import CloudForwarder
 from agent.dispatch import Dispatcher
 from agent.inflight import LoadCounters, LocalLoadCounters
 from agent.models.build import build_chat_model
+from agent.request_trace import RequestTracer
 from agent.upstream import UpstreamPool
 from agent.view import ServiceView, View
 from api.auth import KeyRing, generate_key, write_private_json
@@ -30,6 +31,7 @@ from monitoring.alerts import AlertEngine
 from monitoring.overload import OverloadMachine
 from monitoring.readings import site_readings
 from monitoring.sampler import Sampler
+from monitoring.tracing import Tracing, start_tracing
 from monitoring.webhook import WebhookSink
 from prompts import load_prompt
 from swarm.cloud import CloudCompute
@@ -204,6 +206,8 @@ class Site:
     """The alert rules over every sample; evaluated by the first front-door process only."""
     overload: OverloadMachine = field(init=False)
     """normal → shedding → cloud, fed by the overload alerts (`monitoring.overload`)."""
+    tracing: Tracing | None = field(init=False, default=None)
+    """Traces going out over OTLP while `otel_exporter_otlp_endpoint` is set; None: no tracing."""
 
     def __post_init__(self) -> None:
         self.alerts = AlertService(AlertEngine(self.settings.alert_rules))
@@ -362,6 +366,7 @@ class Site:
             return
         if self.stopped:
             raise SiteStartError("this site was stopped; build a new one")
+        self._start_tracing()
         try:
             if self.runtime.owns_instances:
                 self.start_errors = await start_services(self.settings, self.runtime)
@@ -385,6 +390,15 @@ class Site:
         if self.swarm is not None:
             await self.swarm.start()
         self.started = True
+
+    def _start_tracing(self) -> None:
+        """With an OTLP endpoint, trace each request the dispatcher finishes (and the agent)."""
+        settings = self.settings
+        self.tracing = start_tracing(
+            settings.otel_exporter_otlp_endpoint, settings.site_id, self.worker_index
+        )
+        if self.tracing is not None:
+            self.dispatcher.tracer = RequestTracer(self.tracing.tracer("mec.request"), settings.site_id)
 
     def _alert_sinks(self) -> list[AlertSink]:
         settings = self.settings
@@ -465,6 +479,9 @@ class Site:
             await self.cache.close()
             if self.cloud_forwarder is not None:
                 await self.cloud_forwarder.close()
+            if self.tracing is not None:
+                self.dispatcher.tracer = None
+                await self.tracing.shutdown()
 
     def readiness(self, detail: bool = False) -> tuple[bool, dict[str, Any]]:
         """Whether the site can serve, and why: per-service instances and the cache backend.

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -494,6 +494,15 @@ class Settings(BaseSettings):
     cloud_max_connections: int = Field(
         default=64, ge=1, le=10_000, description="Connections the site opens to cloud endpoints at most."
     )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "otel_exporter_otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "MEC_OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+        description="Base URL of an OTLP/HTTP collector (`http://host:4318`; traces go to `/v1/traces`); "
+        "when set the site exports its request spans and the agent's. Read from the standard "
+        "OTEL_EXPORTER_OTLP_ENDPOINT (or MEC_OTEL_EXPORTER_OTLP_ENDPOINT); none: no tracing.",
+    )
 
     image_allowlist: CommaList = Field(
         default_factory=list, description="Images that may be started; the services' images are always in."
@@ -505,7 +514,7 @@ class Settings(BaseSettings):
         description="The operator's YAML file (`--config FILE`), read by its own source; not dumped.",
     )
 
-    @field_validator("config", "cloud_token", mode="before")
+    @field_validator("config", "cloud_token", "otel_exporter_otlp_endpoint", mode="before")
     @classmethod
     def _empty_config_is_none(cls, value: Any) -> Any:
         return value or None

@@ -24,8 +24,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
+from config.settings import AlertSeverity
 from monitoring.alerts import Alert, AlertEngine, AlertEvent, Reading
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class AlertService:
         self._pending: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_PENDING)
         self._pump: asyncio.Task[None] | None = None
         self.published = 0
+        self.events: dict[str, int] = {}
+        """Events published so far by kind (`fired`, `refired`, `resolved`, `acknowledged`)."""
         self.dropped = 0
         self.sink_failures = 0
         self.evaluate_s = 0.0
@@ -148,6 +151,7 @@ class AlertService:
     def publish(self, event: AlertEvent) -> None:
         data = event.to_dict()
         self.published += 1
+        self.events[event.kind] = self.events.get(event.kind, 0) + 1
         for subscriber in list(self._subscribers):
             subscriber.put(data)
         if not self.sinks:
@@ -191,8 +195,14 @@ class AlertService:
 
     def report(self) -> dict[str, Any]:
         """Counters for `GET /v1/metrics/snapshot` and Prometheus."""
+        active = self.engine.active()
+        by_severity = dict.fromkeys(get_args(AlertSeverity), 0)
+        for alert in active:
+            by_severity[alert.severity] += 1
         return {
-            "active": len(self.engine.active()),
+            "active": len(active),
+            "active_by_severity": by_severity,
+            "events": dict(self.events),
             "published": self.published,
             "dropped": self.dropped,
             "sink_failures": self.sink_failures,

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from tools.metrics_monitor import LATENCY_BUCKETS_MS, MetricsSnapshot, RequestLog
+from tools.metrics_monitor import LATENCY_BUCKETS_MS, LatencyHistogram, MetricsSnapshot, RequestLog
 from tools.probes import GpuMetrics
 from tools.runtimes.base import Instance
 
@@ -48,6 +49,44 @@ def _le(bound_ms: float) -> str:
     return "+Inf" if math.isinf(bound_ms) else f"{bound_ms / 1000:g}"
 
 
+def _buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
+    """A latency histogram's cumulative buckets, `le` in seconds, ending in +Inf."""
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*LATENCY_BUCKETS_MS, math.inf), histogram.counts, strict=True):
+        running += count
+        buckets.append((_le(bound), running))
+    return buckets
+
+
+@dataclass(frozen=True)
+class ConsensusFigures:
+    """This site's consensus node as a scrape shows it (the caller reads it from the swarm)."""
+
+    term: int
+    commit_index: int
+    """The highest log index known committed."""
+    applied_index: int
+    """The last index this site's replicated state applied."""
+    leader: str | None
+    """The current leader's site id, None while there is none."""
+    is_leader: bool
+    members: tuple[str, ...] = ()
+
+
+OVERLOAD_STATES: tuple[str, ...] = ("normal", "shedding", "cloud")
+"""The site's overload states; `mec_overload_state` has one sample each (1 for the current one)."""
+
+BREAKER_STATES: Mapping[str, int] = {"closed": 0, "half_open": 1, "open": 2}
+"""`mec_cloud_breaker_state` values of each circuit-breaker state."""
+
+CLOUD_OUTCOMES: tuple[str, ...] = ("answered", "refused", "failed", "timed_out", "rejected")
+"""`outcome` values of `mec_cloud_requests_total`, each a counter of `CloudTarget.snapshot()`:
+answered (200), refused (a 4xx), failed (counted against the breaker, time-outs among them),
+timed_out (ran out of budget, whether or not it counted against the breaker), rejected (turned
+away unsent by the open breaker)."""
+
+
 class SiteCollector:
     """A prometheus_client custom collector over one site's figures at one moment.
 
@@ -65,6 +104,11 @@ class SiteCollector:
         instances: Iterable[Instance],
         chat_turns: Mapping[tuple[str, str], int] | None = None,
         admission: Mapping[str, Any] | None = None,
+        *,
+        consensus: ConsensusFigures | None = None,
+        cloud: Mapping[str, Mapping[str, Any]] | None = None,
+        alerts: Mapping[str, Any] | None = None,
+        overload_state: str | None = None,
     ) -> None:
         self.site_id = site_id
         self.snapshot = snapshot
@@ -73,6 +117,10 @@ class SiteCollector:
         self.instances = tuple(instances)
         self.chat_turns = chat_turns or {}
         self.admission = admission
+        self.consensus = consensus
+        self.cloud = cloud
+        self.alerts = alerts
+        self.overload_state = overload_state
 
     def _gauge(
         self, name: str, help_: str, rows: Iterable[Row] = (), labels: Sequence[str] = ()
@@ -114,6 +162,7 @@ class SiteCollector:
             labels=["service", "tier", "status"],
         )
         yield self._request_durations()
+        yield from self._by_client()
         yield from self._cache()
         yield from self._instances()
         yield from self._host_and_gpus()
@@ -123,8 +172,31 @@ class SiteCollector:
             (((model, outcome), count) for (model, outcome), count in sorted(self.chat_turns.items())),
             labels=["model", "outcome"],
         )
+        yield self._site_counter(
+            "mec_llm_requests_total",
+            "Turns handed to the LLM path (operator chat and allow_llm requests), whatever their outcome.",
+            sum(self.chat_turns.values()),
+        )
         if self.admission is not None:
             yield from self._admission(self.admission)
+        if self.consensus is not None:
+            yield from self._consensus(self.consensus)
+        if self.cloud is not None:
+            yield from self._cloud(self.cloud)
+        if self.alerts is not None:
+            yield from self._alerts(self.alerts)
+        if self.overload_state is not None:
+            states = (
+                OVERLOAD_STATES
+                if self.overload_state in OVERLOAD_STATES
+                else (*OVERLOAD_STATES, self.overload_state)
+            )
+            yield self._gauge(
+                "mec_overload_state",
+                "The site's overload state: 1 for the current one, 0 for the others.",
+                (((state,), state == self.overload_state) for state in states),
+                labels=["state"],
+            )
         yield self._site_gauge(
             "mec_metrics_sample_seconds", "Cost of the last metrics sample.", self.snapshot.sample_ms / 1000
         )
@@ -137,13 +209,26 @@ class SiteCollector:
             labels=["site", "service"],
         )
         for service, histogram in sorted(self.requests.histograms.items()):
-            buckets: list[tuple[str, float]] = []
-            running = 0
-            for bound, count in zip((*LATENCY_BUCKETS_MS, math.inf), histogram.counts, strict=True):
-                running += count
-                buckets.append((_le(bound), running))
-            family.add_metric([self.site_id, service], buckets, histogram.sum_ms / 1000)
+            family.add_metric([self.site_id, service], _buckets(histogram), histogram.sum_ms / 1000)
         return family
+
+    def _by_client(self) -> Iterator[Metric]:
+        """Requests and their latencies by service, tier and client kind."""
+        rows = sorted(self.requests.by_client.items())
+        yield self._counter(
+            "mec_client_requests_total",
+            "Client requests by service, route tier and client kind.",
+            ((key, histogram.total) for key, histogram in rows),
+            labels=["service", "tier", "client_kind"],
+        )
+        family = HistogramMetricFamily(
+            "mec_client_request_duration_seconds",
+            "Time from request arrival to response, by service, route tier and client kind.",
+            labels=["site", "service", "tier", "client_kind"],
+        )
+        for key, histogram in rows:
+            family.add_metric([self.site_id, *key], _buckets(histogram), histogram.sum_ms / 1000)
+        yield family
 
     def _cache(self) -> Iterator[Metric]:
         stats = self.cache_stats
@@ -152,6 +237,12 @@ class SiteCollector:
             "Cache lookups by result.",
             [(("hit",), stats["hits"]), (("miss",), stats["misses"])],
             labels=["result"],
+        )
+        lookups = stats["hits"] + stats["misses"]
+        yield self._site_gauge(
+            "mec_cache_hit_ratio",
+            "Cache hits over lookups since start (NaN before the first lookup).",
+            stats["hits"] / lookups if lookups else None,
         )
         yield self._site_gauge(
             "mec_cache_entries", "Entries in the in-process cache.", stats["entries_in_memory"]
@@ -251,6 +342,75 @@ class SiteCollector:
                 labels=["instance"],
             )
 
+    def _consensus(self, figures: ConsensusFigures) -> Iterator[Metric]:
+        """This site's view of the swarm's consensus."""
+        yield self._site_gauge("mec_consensus_term", "The consensus term this site is in.", figures.term)
+        yield self._site_gauge(
+            "mec_consensus_commit_index", "The highest log index known committed.", figures.commit_index
+        )
+        yield self._site_gauge(
+            "mec_consensus_applied_index",
+            "The last log index applied to this site's replicated state.",
+            figures.applied_index,
+        )
+        yield self._site_gauge(
+            "mec_consensus_is_leader", "1 when this site is the consensus leader.", figures.is_leader
+        )
+        members = sorted({*figures.members, *([figures.leader] if figures.leader else [])})
+        yield self._gauge(
+            "mec_consensus_leader",
+            "1 for the site this site sees as the consensus leader, 0 for the other members.",
+            (((member,), member == figures.leader) for member in members),
+            labels=["site_id"],
+        )
+
+    def _cloud(self, cloud: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+        """Each service's cloud endpoint: its breaker and what became of the requests sent to it."""
+        targets = sorted(cloud.items())
+        yield self._gauge(
+            "mec_cloud_breaker_state",
+            "Circuit breaker of a service's cloud endpoint: 0 closed, 1 half-open, 2 open.",
+            (((service,), BREAKER_STATES[target["state"]]) for service, target in targets),
+            labels=["service"],
+        )
+        yield self._counter(
+            "mec_cloud_sent_total",
+            "Requests sent to a service's cloud endpoint.",
+            (((service,), target["sent"]) for service, target in targets),
+            labels=["service"],
+        )
+        yield self._counter(
+            "mec_cloud_requests_total",
+            "Cloud-tier requests of a service by outcome: answered, refused (4xx), failed (against the "
+            "breaker, time-outs included), timed_out (overlaps failed), rejected (unsent: breaker open).",
+            (
+                ((service, outcome), target[outcome])
+                for service, target in targets
+                for outcome in CLOUD_OUTCOMES
+            ),
+            labels=["service", "outcome"],
+        )
+
+    def _alerts(self, report: Mapping[str, Any]) -> Iterator[Metric]:
+        """The alert service's figures (`AlertService.report()`)."""
+        yield self._gauge(
+            "mec_alerts_active",
+            "Alerts firing now, by severity.",
+            (((severity,), count) for severity, count in sorted(report["active_by_severity"].items())),
+            labels=["severity"],
+        )
+        yield self._counter(
+            "mec_alerts_events_total",
+            "Alert events published, by kind (fired, refired, resolved, acknowledged).",
+            (((kind,), count) for kind, count in sorted(report["events"].items())),
+            labels=["kind"],
+        )
+        yield self._site_counter(
+            "mec_alert_evaluation_seconds_total",
+            "Time spent evaluating the alert rules since start.",
+            report["evaluate_s"],
+        )
+
 
 _GATE_SERIES: tuple[tuple[str, str, str, float], ...] = (
     ("mec_instance_concurrency_limit", "Adaptive concurrency limit of an instance.", "limit", 1),
@@ -281,11 +441,32 @@ def render(
     instances: Iterable[Instance],
     chat_turns: Mapping[tuple[str, str], int] | None = None,
     admission: Mapping[str, Any] | None = None,
+    *,
+    consensus: ConsensusFigures | None = None,
+    cloud: Mapping[str, Mapping[str, Any]] | None = None,
+    alerts: Mapping[str, Any] | None = None,
+    overload_state: str | None = None,
 ) -> str:
     """Everything `/metrics` exposes, from data already in memory (no sampling here), as
-    Prometheus text (`CONTENT_TYPE`). Each call uses a registry of its own (see the module)."""
+    Prometheus text (`CONTENT_TYPE`). Each call uses a registry of its own (see the module).
+
+    The keyword-only parts are each optional; their families appear only when given: `consensus`
+    (a site of a swarm), `cloud` (`CloudCompute.snapshot()`: services with a cloud endpoint),
+    `alerts` (`AlertService.report()`), `overload_state` (one of `OVERLOAD_STATES`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        SiteCollector(site_id, snapshot, requests, cache_stats, instances, chat_turns, admission)
+        SiteCollector(
+            site_id,
+            snapshot,
+            requests,
+            cache_stats,
+            instances,
+            chat_turns,
+            admission,
+            consensus=consensus,
+            cloud=cloud,
+            alerts=alerts,
+            overload_state=overload_state,
+        )
     )
     return generate_latest(registry).decode("utf-8")

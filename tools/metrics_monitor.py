@@ -117,6 +117,9 @@ class _ServiceWindow:
 REJECT_TIER = "reject"
 """The tier the dispatcher records for requests it turned away without serving them."""
 
+UNKNOWN_CLIENT_KIND = "unknown"
+"""The client kind of a request recorded without one."""
+
 
 class RequestLog:
     """The site's requests: recent ones for rates and percentiles, totals since start.
@@ -132,12 +135,21 @@ class RequestLog:
         self._windows: dict[str, _ServiceWindow] = {}
         self.totals: dict[tuple[str, str, int], int] = {}
         self.histograms: dict[str, LatencyHistogram] = {}
+        self.by_client: dict[tuple[str, str, str], LatencyHistogram] = {}
+        """Latencies (and so counts) by (service, tier, client kind), since start."""
 
-    def record(self, service: str, tier: str, status: int, latency_ms: float) -> None:
+    def record(
+        self, service: str, tier: str, status: int, latency_ms: float, client_kind: str = UNKNOWN_CLIENT_KIND
+    ) -> None:
         """Count one answered request: `tier` is where it was served ("cache", "local", "llm", ...,
-        or "reject" when it was turned away), `status` the HTTP status it got."""
+        or "reject" when it was turned away), `status` the HTTP status it got, `client_kind` the
+        kind of client that sent it (a closed set: the schema's `ClientKind`)."""
         slot = (service, tier, status)
         self.totals[slot] = self.totals.get(slot, 0) + 1
+        by_client = self.by_client.get((service, tier, client_kind))
+        if by_client is None:
+            by_client = self.by_client[(service, tier, client_kind)] = LatencyHistogram()
+        by_client.observe(latency_ms)
         histogram = self.histograms.get(service)
         window = self._windows.get(service)
         if histogram is None or window is None:

@@ -195,13 +195,13 @@ async def _serve_with_llm(
         reply = await site.chat.chat(text, principal, timeout_s=left_s, persist=False, read_only=True)
     except SiteError as exc:
         total = round((time.perf_counter() - started) * 1000, 3)
-        site.monitor.requests.record(LLM_SERVICE, "llm", exc.status, total)
+        site.monitor.requests.record(LLM_SERVICE, "llm", exc.status, total, body.client.kind)
         content = exc.body()
         content["request_id"] = request_id
         headers = {**(exc.response_headers() or {}), "Server-Timing": f"total;dur={total}"}
         return JSONResponse(content, status_code=exc.status, headers=headers)
     total = round((time.perf_counter() - started) * 1000, 3)
-    site.monitor.requests.record(LLM_SERVICE, "llm", 200, total)
+    site.monitor.requests.record(LLM_SERVICE, "llm", 200, total, body.client.kind)
     content = {
         "request_id": request_id,
         "service": None,

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from api.auth import require
 from api.deps import MaybeCaller, SiteDep
 from api.schemas import Health, Readiness, error_responses
+from api.swarm_node import SwarmNode
 from monitoring import prometheus
 
 router = APIRouter(tags=["operations"])
@@ -72,8 +73,25 @@ async def metrics(site: SiteDep) -> PlainTextResponse:
         site.runtime.instances(),
         site.chat.turns,
         site.admission_report(),
+        consensus=None if site.swarm is None else _consensus_figures(site.swarm),
+        cloud=None if site.cloud is None else site.cloud.snapshot(),
+        alerts=site.alerts.report(),
+        overload_state=site.overload.state,
     )
     return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
+
+
+def _consensus_figures(swarm: SwarmNode) -> prometheus.ConsensusFigures:
+    """What `/metrics` shows of this site's consensus node."""
+    status = swarm.consensus.status()
+    return prometheus.ConsensusFigures(
+        term=status.term,
+        commit_index=status.commit_index,
+        applied_index=swarm.state.applied_index,
+        leader=status.leader,
+        is_leader=swarm.consensus.is_leader(),
+        members=tuple(status.members),
+    )
 
 
 @router.get(

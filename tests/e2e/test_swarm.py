@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.prometheus import sample_value
 from tests.support.swarm import CLIENT, OPERATOR, Swarm, eventually, running_swarms
 
 pytestmark = pytest.mark.timeout(300)
@@ -76,6 +77,16 @@ def test_three_sites_elect_one_leader_and_apply_a_committed_placement_everywhere
             60,
             f"{sid} runs its share of sensor",
         )
+    for sid in swarm.sites:  # each site's /metrics names the same leader, and itself only if it is it
+        text = swarm.get(sid, "/metrics").text
+        assert sample_value(text, "mec_consensus_is_leader", site=sid) == (1 if sid == leader else 0)
+        assert sample_value(text, "mec_consensus_leader", site=sid, site_id=leader) == 1
+        others = [s for s in swarm.sites if s != leader]
+        assert [sample_value(text, "mec_consensus_leader", site=sid, site_id=o) for o in others] == [0, 0]
+        assert (sample_value(text, "mec_consensus_term", site=sid) or 0) >= 1
+        applied = sample_value(text, "mec_consensus_applied_index", site=sid) or 0
+        assert applied >= 1  # the joins and the placement were applied here
+        assert (sample_value(text, "mec_consensus_commit_index", site=sid) or 0) >= applied
 
 
 def test_a_request_no_local_instance_can_serve_goes_to_a_peer_once_with_the_same_answer(

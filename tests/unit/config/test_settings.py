@@ -304,3 +304,18 @@ def test_cloud_settings_have_defaults_and_bounds(bare_env: pytest.MonkeyPatch) -
     bare_env.setenv("MEC_CLOUD_BREAKER_OPEN_S", "90")
     with pytest.raises(ValidationError, match="cloud_breaker_max_open_s must be at least"):
         load_settings()
+
+
+def test_the_otlp_endpoint_comes_from_the_standard_otel_variable(bare_env: pytest.MonkeyPatch) -> None:
+    bare_env.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    assert load_settings().otel_exporter_otlp_endpoint is None
+    bare_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    settings = load_settings()
+    assert settings.otel_exporter_otlp_endpoint == "http://127.0.0.1:4318"
+    resolved = Settings.model_validate(settings.model_dump(mode="json"))  # as a worker receives them
+    assert resolved.otel_exporter_otlp_endpoint == "http://127.0.0.1:4318"
+    bare_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    assert load_settings().otel_exporter_otlp_endpoint is None
+    bare_env.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    bare_env.setenv("MEC_OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4319")
+    assert load_settings().otel_exporter_otlp_endpoint == "http://127.0.0.1:4319"
