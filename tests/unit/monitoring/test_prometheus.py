@@ -304,8 +304,10 @@ async def test_a_cloud_endpoint_shows_its_breaker_state_and_outcomes(tmp_path: P
 
 async def test_a_site_without_swarm_or_cloud_has_no_consensus_or_cloud_families(api: Api) -> None:
     families = await api.metrics()
-    assert not {n for n in families if n.startswith(("mec_consensus_", "mec_cloud_", "mec_overload_"))}
+    assert not {n for n in families if n.startswith(("mec_consensus_", "mec_cloud_"))}
     assert "mec_alerts_active" in families
+    states = {s.labels["state"]: s.value for s in families["mec_overload_state"].samples}
+    assert states == {"normal": 1, "shedding": 0, "cloud": 0}  # every site has an overload state
 
 
 def _families(**parts: object) -> dict[str, prometheus_client.Metric]:
