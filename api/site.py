@@ -12,6 +12,7 @@ from typing import Any
 from strands.types.tools import AgentTool
 
 from agent.admission import Admission, AdmissionSettings
+from agent.bedrock_fallback import BedrockFallback
 from agent.chat import ChatService
 from agent.cloud_forwarding import CloudForwarder
 from agent.dispatch import Dispatcher
@@ -53,6 +54,7 @@ def workload_specs(settings: Settings) -> dict[str, WorkloadSpec]:
             memory_mb=svc.memory_mb,
             cpus=svc.cpus,
             start_timeout_s=svc.start_timeout_s,
+            env=dict(svc.env),
         )
         for name, svc in settings.services.items()
     }
@@ -197,6 +199,8 @@ class Site:
     cloud: CloudCompute | None = None
     """The services' cloud endpoints (tier `cloud`); None: no service has one."""
     cloud_forwarder: CloudForwarder | None = field(init=False, default=None)
+    bedrock: BedrockFallback | None = None
+    """Bedrock Converse for services of kind `llm` (with `bedrock_model_id`); None: not configured."""
     alerts: AlertService = field(init=False)
     """The alert rules over every sample; evaluated by the first front-door process only."""
 
@@ -216,6 +220,7 @@ class Site:
             upstream_timeout_s=self.settings.upstream_timeout_s,
             forwarder=None if self.swarm is None else self.swarm.forwarder,
             cloud=self.cloud_forwarder,
+            bedrock=self.bedrock,
         )
         self.door = FrontDoor(
             self.admission.lag,
@@ -315,6 +320,7 @@ class Site:
             services=services,
             swarm=swarm,
             cloud=CloudCompute.of(settings),
+            bedrock=BedrockFallback.of(settings),
         )
 
     def view_for(self, service: str) -> View:
@@ -332,6 +338,7 @@ class Site:
             spill_share=self.settings.peer_spill_share,
             hedge_share=self.settings.peer_hedge_share if self.settings.peer_hedge_share < 1 else None,
             cloud=self.cloud,
+            bedrock=self.bedrock,
         )
 
     async def start(self) -> None:
@@ -358,6 +365,11 @@ class Site:
         await self.cache.open()
         if self.cloud_forwarder is not None:
             await self.cloud_forwarder.start()
+        if self.bedrock is not None:
+            try:  # the client resolves the AWS credential chain; a failure shows on the first call
+                await self.bedrock.start()
+            except Exception as exc:
+                log.warning("the Bedrock client could not be made yet: %s", exc)
         if self.worker_index == 0:  # one process evaluates the rules and owns the webhook's spool
             self.alerts.sinks = self._alert_sinks()
             await self.alerts.start()
@@ -421,6 +433,8 @@ class Site:
             await self.cache.close()
             if self.cloud_forwarder is not None:
                 await self.cloud_forwarder.close()
+            if self.bedrock is not None:
+                self.bedrock.close()
 
     def readiness(self, detail: bool = False) -> tuple[bool, dict[str, Any]]:
         """Whether the site can serve, and why: per-service instances and the cache backend.
@@ -440,7 +454,9 @@ class Site:
                 "ready": ready,
                 "instances": total,
             }
-            degraded = degraded or ready == 0
+            # A service configured with no replicas (one that needs a model server, say) is not missing.
+            wanted = self.settings.services[name].replicas if name in self.settings.services else 1
+            degraded = degraded or (ready == 0 and wanted > 0)
             if detail and name in self.start_errors:
                 entry["error"] = self.start_errors[name]
             checks[f"service:{name}"] = entry
