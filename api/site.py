@@ -26,6 +26,7 @@ from api.swarm_node import SiteSwarmBackend, SwarmNode
 from config.settings import Settings
 from monitoring.alert_service import AlertService, AlertSink, JsonLogSink
 from monitoring.alerts import AlertEngine
+from monitoring.archive import Archiver, archive_store
 from monitoring.readings import site_readings
 from monitoring.sampler import Sampler
 from monitoring.webhook import WebhookSink
@@ -203,6 +204,8 @@ class Site:
     """Bedrock Converse for services of kind `llm` (with `bedrock_model_id`); None: not configured."""
     alerts: AlertService = field(init=False)
     """The alert rules over every sample; evaluated by the first front-door process only."""
+    archiver: Archiver | None = field(init=False, default=None)
+    """Archives decisions, resolved alerts and metric roll-ups (first front-door process only)."""
 
     def __post_init__(self) -> None:
         self.alerts = AlertService(AlertEngine(self.settings.alert_rules))
@@ -378,7 +381,22 @@ class Site:
         self.admission.lag.start()
         if self.swarm is not None:
             await self.swarm.start()
+        if self.worker_index == 0:
+            self.archiver = self._archiver()
+            self.sampler.listeners.append(self.archiver.observe)
+            await self.archiver.start()
         self.started = True
+
+    def _archiver(self) -> Archiver:
+        swarm = self.swarm
+        return Archiver(
+            archive_store(self.settings),
+            self.settings.site_id,
+            decisions=(lambda: swarm.state.history()) if swarm is not None else list,
+            resolved_alerts=lambda: [alert.to_dict() for alert in self.alerts.engine.resolved()],
+            request_totals=lambda: self.monitor.requests.totals,
+            interval_s=self.settings.archive_interval_s,
+        )
 
     def _alert_sinks(self) -> list[AlertSink]:
         settings = self.settings
@@ -424,6 +442,8 @@ class Site:
         if self.swarm is not None:
             await self.swarm.stop()
         await self.sampler.stop()
+        if self.archiver is not None:
+            await self.archiver.stop()
         await self.alerts.stop()
         await self.admission.lag.stop()
         try:
