@@ -108,6 +108,14 @@ class CloudSender(Protocol):
         ...
 
 
+class BedrockSender(Protocol):
+    """Answers an `llm` service's request through Bedrock (`agent.bedrock_fallback.BedrockFallback`)."""
+
+    async def answer(self, call: ClientCall, deadline: float) -> Outcome:
+        """Bedrock's answer; 422/502/503/504 when the payload is bad, it fails, refuses or runs late."""
+        ...
+
+
 class Forwarder(Protocol):
     """Sends a request to a peer site and turns its answer into this site's `Outcome`
     (`agent.forwarding.PeerForwarder`)."""
@@ -203,6 +211,7 @@ class Dispatcher:
         upstream_timeout_s: float = 5.0,
         forwarder: Forwarder | None = None,
         cloud: CloudSender | None = None,
+        bedrock: BedrockSender | None = None,
     ) -> None:
         self._view_for = view_for
         self.cache = cache
@@ -218,6 +227,8 @@ class Dispatcher:
         self.tracer: RequestTracer | None = None
         """One span per finished request when tracing is on (set by the site); None: no tracing,
         and the fast path pays one test of this attribute."""
+        self.bedrock = bedrock
+        """How `llm` services' requests reach Bedrock; None: no Bedrock fallback."""
         self._shared: dict[tuple[str, str, str], _SharedCall] = {}
         self._typical_ms: dict[str, float] = {}
         self.late = 0
@@ -307,13 +318,27 @@ class Dispatcher:
                 # The instance's gate refused it before anything was sent (its queue was full, or
                 # standing): a peer with room may still answer within what is left.
                 peer = self._peer_for(view, service.name, deadline)
-                cloud = None if peer is not None else self._cloud_for(view, service.name, deadline)
+                bedrock = None if peer is not None else self._bedrock_for(view, service.name, deadline)
+                cloud = (
+                    None
+                    if peer is not None or bedrock is not None
+                    else self._cloud_for(view, service.name, deadline)
+                )
                 if peer is not None:
                     outcome = await self._forward(call, peer, deadline, timings)
+                elif bedrock is not None:
+                    outcome = await self._ask_bedrock(call, deadline, timings, cache_key, service)
                 elif cloud is not None and self.cloud is not None:
                     sent = time.perf_counter()
                     outcome = await self.cloud.forward(call, cloud, deadline)
                     timings["cloud"] = _ms(sent, time.perf_counter())
+            elif outcome.tier == "local" and outcome.status == 502 and not call.forwarded:
+                # The local model failed before answering (its server is down, or it broke off):
+                # an `llm` service's question can still go to Bedrock within what is left.
+                if self._bedrock_for(view, service.name, deadline) is not None:
+                    outcome = await self._ask_bedrock(call, deadline, timings, cache_key, service)
+        elif decision.tier == "cloud" and decision.bedrock is not None and self.bedrock is not None:
+            outcome = await self._ask_bedrock(call, deadline, timings, cache_key, service)
         elif decision.tier == "cloud" and decision.cloud is not None and self.cloud is not None:
             sent = time.perf_counter()
             outcome = await self.cloud.forward(call, decision.cloud, deadline)
@@ -399,6 +424,31 @@ class Dispatcher:
             return None
         left_ms = (deadline - time.perf_counter()) * 1000
         return view.cloud.choice(service, left_ms) if left_ms > 0 else None
+
+    def _bedrock_for(self, view: View, service: str, deadline: float) -> CloudChoice | None:
+        """Bedrock for an `llm` request no local instance answered, if it is expected in time."""
+        if self.bedrock is None or view.bedrock is None:
+            return None
+        left_ms = (deadline - time.perf_counter()) * 1000
+        return view.bedrock.choice(service, left_ms) if left_ms > 0 else None
+
+    async def _ask_bedrock(
+        self,
+        call: ClientCall,
+        deadline: float,
+        timings: dict[str, float],
+        cache_key: str | None,
+        service: ServiceView,
+    ) -> Outcome:
+        """Bedrock's answer; a cacheable service's answer is stored like a local one."""
+        assert self.bedrock is not None
+        sent = time.perf_counter()
+        outcome = await self.bedrock.answer(call, deadline)
+        timings["bedrock"] = _ms(sent, time.perf_counter())
+        if outcome.status == 200 and outcome.result_json is not None and cache_key is not None:
+            ttl = call.cache_ttl_s or service.cache_ttl_s
+            await self.cache.set(service.name, cache_key, outcome.result_json, ttl)
+        return outcome
 
     async def _forward(
         self, call: ClientCall, peer: PeerChoice, deadline: float, timings: dict[str, float]

@@ -8,10 +8,12 @@ to; else the one predicted to answer first), unless that answer is predicted lat
 view's `spill_share` of the budget left and a peer is predicted sooner (a spill, before the local
 instance saturates); then a peer site the swarm's balancer picks (its load table says it has
 room and is predicted to answer in time, RTT included; a request that a peer forwarded here is
-never forwarded again); then the service's cloud endpoint when its measured answer time fits
-(never for a forwarded request); otherwise a reject with 503 and `Retry-After` (the breaker's,
-code `cloud_unavailable`, while the cloud endpoint is failing), at once, before anything is
-queued or sent. In cloud mode (`View.cloud_spill`) a spill with no sooner peer goes to the cloud.
+never forwarded again); then the cloud: Bedrock for services of kind `llm` when it is configured
+(`View.bedrock`), else the service's cloud endpoint (`View.cloud`), each only when its measured
+answer time fits (never for a forwarded request); otherwise a reject with 503 and `Retry-After`
+(the breaker's, code `cloud_unavailable`, while the cloud target is failing), at once, before
+anything is queued or sent. In cloud mode (`View.cloud_spill`) a spill with no sooner peer goes
+to the cloud endpoint.
 
 The balancer is part of the view (`View.choose_peer`): it reads the load table as of that view;
 the cloud endpoints too (`View.cloud`: each one's breaker and measured answer time).
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.view import IDLE, PeerChoice, View
-from swarm.cloud import CloudChoice
+from swarm.cloud import CloudBlocked, CloudChoice
 from tools.runtimes.base import Instance
 
 Tier = Literal["cache", "local", "peer", "cloud", "llm", "reject"]
@@ -57,6 +59,8 @@ class Plan:
     reason: str = ""
     peer: PeerChoice | None = None
     cloud: CloudChoice | None = None
+    bedrock: CloudChoice | None = None
+    """Tier `cloud` through Bedrock Converse (an `llm` service), not a cloud endpoint."""
     code: str | None = None
     """The error code of a reject (default: `no_capacity` for a 503)."""
 
@@ -68,6 +72,8 @@ class Plan:
             return self.peer.site_id
         if self.cloud is not None:
             return self.cloud.target
+        if self.bedrock is not None:
+            return self.bedrock.target
         return self.instance.id if self.instance is not None else ""
 
 
@@ -164,31 +170,39 @@ def _spill(request: PlanRequest, view: View, local: Instance, local_ms: float) -
 
 
 def _elsewhere(request: PlanRequest, view: View, why: str) -> Plan:
-    """No local instance will do: a peer that can answer in time, else the service's cloud endpoint
-    if it is expected to answer in time, else a 503 at once (with the breaker's Retry-After when
-    the cloud endpoint is failing)."""
+    """No local instance will do: a peer that can answer in time, else the cloud if it is expected
+    to answer in time (Bedrock for an `llm` service when configured, else the service's cloud
+    endpoint), else a 503 at once (with the breaker's Retry-After when the cloud is failing)."""
     if request.forwarded:
         return _no_capacity(view, f"{why}, and a request a peer forwarded is not forwarded again")
-    if view.choose_peer is None and view.cloud is None:
+    bedrock = view.bedrock if view.bedrock is not None and view.bedrock.serves(request.service) else None
+    if view.choose_peer is None and view.cloud is None and bedrock is None:
         return _no_capacity(view, f"{why} and no peer or cloud is configured")
     if view.choose_peer is not None:
         choice = view.choose_peer(request.service, request.budget_ms)
         if choice is not None:
             return Plan(tier="peer", peer=choice, reason=f"{why}; {choice.reason or 'a peer has room'}")
+    blocked: CloudBlocked | None = None
+    if bedrock is not None:
+        answer = bedrock.choice(request.service, request.budget_ms)
+        if answer is not None:
+            return Plan(tier="cloud", bedrock=answer, reason=f"{why}; {answer.reason}")
+        blocked = bedrock.blocked(request.service)
     if view.cloud is not None:
         cloud = view.cloud.choice(request.service, request.budget_ms)
         if cloud is not None:
             return Plan(tier="cloud", cloud=cloud, reason=f"{why}; {cloud.reason}")
-        blocked = view.cloud.blocked(request.service)
-        if blocked is not None:
-            return Plan(
-                tier="reject",
-                status=503,
-                retry_after_s=blocked.retry_after_s,
-                code="cloud_unavailable",
-                reason=f"{why}, and the cloud endpoint of {request.service} ({blocked.target}) is failing: "
-                f"its circuit breaker is {blocked.state.replace('_', '-')}",
-            )
+        blocked = view.cloud.blocked(request.service) or blocked
+    if blocked is not None:
+        return Plan(
+            tier="reject",
+            status=503,
+            retry_after_s=blocked.retry_after_s,
+            code="cloud_unavailable",
+            reason=f"{why}, and the cloud endpoint of {request.service} ({blocked.target}) is failing: "
+            f"its circuit breaker is {blocked.state.replace('_', '-')}",
+        )
+    if view.cloud is not None or bedrock is not None:
         return _no_capacity(view, f"{why} and neither a peer nor the cloud can answer within the budget")
     return _no_capacity(view, f"{why} and no peer can answer within the budget")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from config.settings import ServiceSettings
-from swarm.cloud import CloudCompute
+from swarm.cloud import CloudBlocked, CloudChoice, CloudCompute
 from tools.runtimes.base import Instance
 
 
@@ -91,6 +91,24 @@ class PeerChooser(Protocol):
         ...
 
 
+class BedrockRoute(Protocol):
+    """Bedrock as the cloud target of `llm` services (`agent.bedrock_fallback.BedrockFallback`):
+    pure reads of memory, like `CloudCompute`'s."""
+
+    def serves(self, service: str) -> bool:
+        """Whether `service` falls back to Bedrock (it is of kind `llm`)."""
+        ...
+
+    def choice(self, service: str, budget_ms: float) -> CloudChoice | None:
+        """Bedrock for `service` when its breaker lets a call through, a call slot is free and its
+        expected answer fits in `budget_ms`; its `target` is `bedrock`."""
+        ...
+
+    def blocked(self, service: str) -> CloudBlocked | None:
+        """Bedrock when its breaker refuses calls now (else None)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class View:
     """One consistent read of the site: services, ready instances, their load, GPU pressure.
@@ -114,6 +132,9 @@ class View:
     """The site is in cloud mode: a spill with no peer sooner goes to the cloud if it is sooner."""
     cloud: CloudCompute | None = None
     """The services' cloud endpoints (`swarm.cloud`): the tier after the peers; None: none configured."""
+    bedrock: BedrockRoute | None = None
+    """Where `llm` services go when no local instance and no peer can answer in time (their cloud
+    target); None: no Bedrock fallback configured."""
     hedge_share: float | None = None
     """A cacheable request its local instance has not answered after this share of its budget is
     also sent to a peer; the first 200 wins (None: never hedged)."""

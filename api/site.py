@@ -13,6 +13,7 @@ from typing import Any
 from strands.types.tools import AgentTool
 
 from agent.admission import Admission, AdmissionSettings
+from agent.bedrock_fallback import BedrockFallback
 from agent.chat import ChatService
 from agent.cloud_forwarding import CloudForwarder
 from agent.dispatch import Dispatcher
@@ -28,6 +29,7 @@ from config.settings import Settings
 from monitoring.alert_service import AlertService, AlertSink, JsonLogSink
 from monitoring.alert_store import RedisAlertStore
 from monitoring.alerts import AlertEngine
+from monitoring.archive import Archiver, archive_store
 from monitoring.overload import OverloadMachine
 from monitoring.readings import site_readings
 from monitoring.sampler import Sampler
@@ -58,6 +60,7 @@ def workload_specs(settings: Settings) -> dict[str, WorkloadSpec]:
             memory_mb=svc.memory_mb,
             cpus=svc.cpus,
             start_timeout_s=svc.start_timeout_s,
+            env=dict(svc.env),
         )
         for name, svc in settings.services.items()
     }
@@ -202,12 +205,16 @@ class Site:
     cloud: CloudCompute | None = None
     """The services' cloud endpoints (tier `cloud`); None: no service has one."""
     cloud_forwarder: CloudForwarder | None = field(init=False, default=None)
+    bedrock: BedrockFallback | None = None
+    """Bedrock Converse for services of kind `llm` (with `bedrock_model_id`); None: not configured."""
     alerts: AlertService = field(init=False)
     """The alert rules over every sample; evaluated by the first front-door process only."""
     overload: OverloadMachine = field(init=False)
     """normal → shedding → cloud, fed by the overload alerts (`monitoring.overload`)."""
     tracing: Tracing | None = field(init=False, default=None)
     """Traces going out over OTLP while `otel_exporter_otlp_endpoint` is set; None: no tracing."""
+    archiver: Archiver | None = field(init=False, default=None)
+    """Archives decisions, resolved alerts and metric roll-ups (first front-door process only)."""
 
     def __post_init__(self) -> None:
         self.alerts = AlertService(AlertEngine(self.settings.alert_rules))
@@ -232,6 +239,7 @@ class Site:
             upstream_timeout_s=self.settings.upstream_timeout_s,
             forwarder=None if self.swarm is None else self.swarm.forwarder,
             cloud=self.cloud_forwarder,
+            bedrock=self.bedrock,
         )
         self.door = FrontDoor(
             self.admission.lag,
@@ -331,6 +339,7 @@ class Site:
             services=services,
             swarm=swarm,
             cloud=CloudCompute.of(settings),
+            bedrock=BedrockFallback.of(settings),
         )
 
     def view_for(self, service: str) -> View:
@@ -351,6 +360,7 @@ class Site:
             cloud_spill=self.overload.state == "cloud",
             hedge_share=self.settings.peer_hedge_share if self.settings.peer_hedge_share < 1 else None,
             cloud=self.cloud,
+            bedrock=self.bedrock,
         )
 
     async def start(self) -> None:
@@ -378,6 +388,11 @@ class Site:
         await self.cache.open()
         if self.cloud_forwarder is not None:
             await self.cloud_forwarder.start()
+        if self.bedrock is not None:
+            try:  # the client resolves the AWS credential chain; a failure shows on the first call
+                await self.bedrock.start()
+            except Exception as exc:
+                log.warning("the Bedrock client could not be made yet: %s", exc)
         if self.worker_index == 0:  # one process evaluates the rules and owns the webhook's spool
             self.alerts.sinks = self._alert_sinks()
             for sink in self.alerts.sinks:
@@ -389,6 +404,10 @@ class Site:
         self.admission.lag.start()
         if self.swarm is not None:
             await self.swarm.start()
+        if self.worker_index == 0:
+            self.archiver = self._archiver()
+            self.sampler.listeners.append(self.archiver.observe)
+            await self.archiver.start()
         self.started = True
 
     def _start_tracing(self) -> None:
@@ -399,6 +418,17 @@ class Site:
         )
         if self.tracing is not None:
             self.dispatcher.tracer = RequestTracer(self.tracing.tracer("mec.request"), settings.site_id)
+
+    def _archiver(self) -> Archiver:
+        swarm = self.swarm
+        return Archiver(
+            archive_store(self.settings),
+            self.settings.site_id,
+            decisions=(lambda: swarm.state.history()) if swarm is not None else list,
+            resolved_alerts=lambda: [alert.to_dict() for alert in self.alerts.engine.resolved()],
+            request_totals=lambda: self.monitor.requests.totals,
+            interval_s=self.settings.archive_interval_s,
+        )
 
     def _alert_sinks(self) -> list[AlertSink]:
         settings = self.settings
@@ -470,6 +500,8 @@ class Site:
         if self.swarm is not None:
             await self.swarm.stop()
         await self.sampler.stop()
+        if self.archiver is not None:
+            await self.archiver.stop()
         await self.alerts.stop()
         await self.admission.lag.stop()
         try:
@@ -482,6 +514,8 @@ class Site:
             if self.tracing is not None:
                 self.dispatcher.tracer = None
                 await self.tracing.shutdown()
+            if self.bedrock is not None:
+                self.bedrock.close()
 
     def readiness(self, detail: bool = False) -> tuple[bool, dict[str, Any]]:
         """Whether the site can serve, and why: per-service instances and the cache backend.
@@ -501,7 +535,9 @@ class Site:
                 "ready": ready,
                 "instances": total,
             }
-            degraded = degraded or ready == 0
+            # A service configured with no replicas (one that needs a model server, say) is not missing.
+            wanted = self.settings.services[name].replicas if name in self.settings.services else 1
+            degraded = degraded or (ready == 0 and wanted > 0)
             if detail and name in self.start_errors:
                 entry["error"] = self.start_errors[name]
             checks[f"service:{name}"] = entry

@@ -40,6 +40,9 @@ ModelKind = Literal["rules", "openai-compatible", "bedrock"]
 """The operator agent's model: the embedded rules, a local OpenAI-compatible server, or Bedrock."""
 MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
 CommaList = Annotated[list[str], NoDecode]
+ServiceKind = Literal["compute", "llm"]
+"""What a service computes: `llm` services answer `{"question": str}` from a language model, and
+fall back to Bedrock (`bedrock_model_id`) when no local instance can answer in budget."""
 
 
 def check_cloud_url(url: str) -> str:
@@ -90,6 +93,32 @@ class ServiceSettings(BaseModel):
         description="The service's cloud compute endpoint (an API Gateway, ALB or Lambda function URL): "
         "requests no local instance and no peer can answer in budget go there. None: no cloud.",
     )
+
+    kind: ServiceKind = Field(
+        default="compute",
+        description='`llm`: a language-model service (`{"question": str}` in, `{"answer", "model", '
+        '"tokens"}` out) whose cloud target is Bedrock when `bedrock_model_id` is set.',
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Variables set in the workload's environment (e.g. the URL of its model server).",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names_upper_case(cls, value: dict[str, str]) -> dict[str, str]:
+        """Variable names in upper case. `MEC_SERVICES__X__ENV__NAME` arrives lower-cased (environment
+        names are read case-insensitively) next to the YAML's spelling: that override wins."""
+        names: dict[str, str] = {}
+        for name, item in value.items():
+            if not name or not name.replace("_", "").isalnum() or name[0].isdigit():
+                raise ValueError(
+                    f"env name {name!r} must be letters, digits and '_', not starting with a digit"
+                )
+            upper = name.upper()
+            if upper not in names or name != upper:
+                names[upper] = item
+        return names
 
     @field_validator("cloud_url", mode="before")
     @classmethod
@@ -337,6 +366,29 @@ class Settings(BaseSettings):
     model_timeout_s: float = Field(default=30.0, gt=0)
     model_max_tokens: int = Field(default=512, ge=16, le=8192)
     bedrock_region: str = "us-east-1"
+    bedrock_model_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Bedrock model (or inference profile) id that services of kind `llm` fall back to "
+        "through Converse when no local instance can answer in budget; none: no Bedrock fallback.",
+    )
+    bedrock_max_tokens: int = Field(
+        default=256, ge=1, le=8192, description="`maxTokens` of a Bedrock fallback answer."
+    )
+    bedrock_assumed_ms: float = Field(
+        default=1500.0,
+        gt=0,
+        le=60_000,
+        description="Bedrock's time to answer until one answer has been measured (a request whose budget "
+        "left is shorter is not sent there).",
+    )
+    bedrock_max_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Bedrock fallback calls in flight at once; more are refused (503).",
+    )
     overload_cpu_pct: float = Field(
         default=90.0, ge=0, le=100, description="Host CPU above which the local model is skipped."
     )
@@ -504,6 +556,35 @@ class Settings(BaseSettings):
         "OTEL_EXPORTER_OTLP_ENDPOINT (or MEC_OTEL_EXPORTER_OTLP_ENDPOINT); none: no tracing.",
     )
 
+    archive_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="How often committed swarm decisions, resolved alerts and a metrics roll-up are archived "
+        "(monitoring.archive).",
+    )
+    archive_dir: Path | None = Field(
+        default=None, description="Where the local archive is written; default: data_dir/archive."
+    )
+    archive_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest total size of the local archive; the oldest files are removed past it.",
+    )
+    archive_s3_bucket: str | None = Field(
+        default=None,
+        min_length=3,
+        max_length=63,
+        description="S3 bucket the archive goes to instead of the local directory; none: local.",
+    )
+    archive_s3_prefix: str = Field(default="mec-archive", max_length=512, description="Key prefix in it.")
+    archive_s3_endpoint_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+",
+        description="Endpoint of an S3-compatible server (MinIO, Ceph, moto); none: AWS S3 of archive_s3_region.",
+    )
+    archive_s3_region: str = Field(default="us-east-1", description="Region of the archive's bucket.")
+
     image_allowlist: CommaList = Field(
         default_factory=list, description="Images that may be started; the services' images are always in."
     )
@@ -514,12 +595,21 @@ class Settings(BaseSettings):
         description="The operator's YAML file (`--config FILE`), read by its own source; not dumped.",
     )
 
-    @field_validator("config", "cloud_token", "otel_exporter_otlp_endpoint", mode="before")
+    @field_validator(
+        "config", "cloud_token", "otel_exporter_otlp_endpoint", "bedrock_model_id", mode="before"
+    )
     @classmethod
     def _empty_config_is_none(cls, value: Any) -> Any:
         return value or None
 
-    @field_validator("alert_webhook_url", "alert_webhook_secret", mode="before")
+    @field_validator(
+        "alert_webhook_url",
+        "alert_webhook_secret",
+        "archive_dir",
+        "archive_s3_bucket",
+        "archive_s3_endpoint_url",
+        mode="before",
+    )
     @classmethod
     def _empty_webhook_is_none(cls, value: Any) -> Any:
         return value or None

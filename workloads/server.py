@@ -5,7 +5,9 @@ Each workload is a *service*: an object with a ``name``, an ``info()`` that desc
 for ``POST /invoke``. Bad input is reported by raising :class:`PayloadError`, which names the
 offending field. This module turns such a service into a small keep-alive HTTP/1.1 server:
 
-* ``GET /healthz``  -> 200 ``{"status": "ok", "service": NAME, **info()}``
+* ``GET /healthz``  -> 200 ``{"status": "ok", "service": NAME, **info()}``, or 503
+  ``{"status": "not_ready", "service": NAME, "reason": str}`` while ``info()`` raises
+  :class:`NotReady` (a dependency it needs is down: the site's runtime then takes it out of service)
 * ``POST /invoke``  -> 200 with the service's result
 
 Every error is JSON, ``{"error": {"code": str, "message": str, "field": str | null}}``:
@@ -17,6 +19,8 @@ Every error is JSON, ``{"error": {"code": str, "message": str, "field": str | nu
   :class:`PayloadError`), including numbers the service cannot handle, such as an integer
   literal too long to parse at all; ``field`` names it (``payload.state.x``,
   ``payload.values[3]``);
+* 503 ``unavailable``: ``invoke`` raised :class:`Unavailable` (a dependency it needs did not
+  answer); not a bug, so no traceback;
 * 404 (unknown path), 405 (wrong method), 411 (no Content-Length, or a chunked body), 413 (a
   body over :data:`MAX_BODY_BYTES`, refused from its Content-Length before anything is read);
 * 500 ``internal_error``: an unexpected exception, i.e. a bug; the traceback goes to stderr,
@@ -72,6 +76,14 @@ class PayloadError(ValueError):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+class NotReady(Exception):
+    """Raised by ``info()`` while the service cannot serve (its message is the reason)."""
+
+
+class Unavailable(Exception):
+    """Raised by ``invoke()`` when a dependency it needs failed; a 503, not a bug."""
 
 
 @runtime_checkable
@@ -321,6 +333,10 @@ class WorkloadRequestHandler(BaseHTTPRequestHandler):
         workload = self.server.workload
         try:
             extra = workload.info()
+        except NotReady as exc:
+            body = {"status": "not_ready", "service": workload.name, "reason": str(exc)}
+            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, body, include_body)
+            return
         except Exception:
             self._log_exception("info()")
             self._send_error(
@@ -344,6 +360,9 @@ class WorkloadRequestHandler(BaseHTTPRequestHandler):
             self._send_error(
                 _ErrorReply(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid_payload", exc.message, exc.field)
             )
+            return
+        except Unavailable as exc:
+            self._send_error(_ErrorReply(HTTPStatus.SERVICE_UNAVAILABLE, "unavailable", str(exc)))
             return
         except Exception as exc:
             self._log_exception("invoke()")

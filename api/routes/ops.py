@@ -114,5 +114,6 @@ async def snapshot(site: SiteDep) -> dict[str, Any]:
         "alerts": site.alerts.report(),
         "overload": site.overload.report(),
         "cloud": {} if site.cloud is None else site.cloud.snapshot(),
+        "bedrock": None if site.bedrock is None else site.bedrock.snapshot(),
         "worker": {"index": site.worker_index, "pid": os.getpid(), "count": site.worker_count},
     }

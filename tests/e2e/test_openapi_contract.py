@@ -107,7 +107,7 @@ def test_the_schema_states_the_per_site_rules(api_schema: schemathesis.BaseSchem
         for rule in rules
         if "const" in rule["if"]["properties"].get("service", {})
     }
-    assert ttl_limits == {"inference": 3600.0, "sensor": 3600.0, "game-state": 3600.0}
+    assert ttl_limits == {"inference": 3600.0, "sensor": 3600.0, "game-state": 3600.0, "assistant": 3600.0}
     assert any("payload" in rule["then"]["properties"] for rule in rules)
     message = raw["components"]["schemas"]["ChatRequest"]["properties"]["message"]
     assert (message["minLength"], message["maxLength"], message["pattern"]) == (1, 4000, r"\S")

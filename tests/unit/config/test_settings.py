@@ -34,7 +34,7 @@ def test_embedded_defaults_define_three_services_bound_to_loopback(monkeypatch: 
     assert settings.host == "127.0.0.1"
     assert settings.runtime == "local"
     assert settings.redis_url is None
-    assert set(settings.services) == {"inference", "sensor", "game-state"}
+    assert set(settings.services) == {"inference", "sensor", "game-state", "assistant"}
     assert settings.services["inference"].gpu is True
     assert settings.image_allowlist == ["mec-workloads:0.1"]
 
@@ -143,7 +143,7 @@ def test_each_layer_beats_the_ones_below_it(tmp_path: Path, bare_env: pytest.Mon
     def layers(settings: Settings) -> tuple[str, int]:
         sensor = settings.services["sensor"]
         assert sensor.module == "workloads.sensor" and sensor.affinity_key == "sensor_id"
-        assert set(settings.services) == {"inference", "sensor", "game-state"}
+        assert set(settings.services) == {"inference", "sensor", "game-state", "assistant"}
         return settings.site_id, sensor.default_budget_ms
 
     assert layers(load_settings(path, **flags)) == ("edge-flag", 110)
