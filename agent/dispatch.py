@@ -611,7 +611,7 @@ class Dispatcher:
             outcome = Outcome.failed(error, outcome.service, outcome.tier, outcome.target)
         timings["total"] = _ms(arrived, now)
         outcome.timings_ms = timings
-        self.requests.record(outcome.service, outcome.tier, outcome.status, timings["total"])
+        self.requests.record(outcome.service, outcome.tier, outcome.status, timings["total"], outcome.site)
         return outcome
 
 
