@@ -682,7 +682,12 @@ class Dispatcher:
         timings["total"] = _ms(arrived, now)
         outcome.timings_ms = timings
         self.requests.record(
-            outcome.service, outcome.tier, outcome.status, timings["total"], call.client_kind
+            outcome.service,
+            outcome.tier,
+            outcome.status,
+            timings["total"],
+            call.client_kind,
+            site=outcome.site,
         )
         if self.tracer is not None:
             self.tracer.finished(call, outcome, arrived, now, budget_ms or call.latency_budget_ms)

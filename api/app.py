@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.errors import error_response, install_error_handlers
 from api.fastlane import FastLane, replay_body
 from api.routes import alerts, chat, client_requests, ops, peers, services, sites
+from api.routes.dashboard import install_dashboard
 from api.schemas import ServiceRequest, site_request_rules
 from api.site import Site
 from config.settings import Settings
@@ -155,6 +156,7 @@ def create_app(settings: Settings, site: Site | None = None) -> FastAPI:
     app.include_router(sites.router)
     app.include_router(peers.router)
     app.include_router(alerts.router)
+    install_dashboard(app)  # GET / and /static/dashboard/...: the operator's page, no CDN
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     # Outermost: the clock starts first, and the fast path skips the layers below (api.fastlane).
     app.add_middleware(FastLane, site=site, max_body_bytes=settings.max_body_bytes)

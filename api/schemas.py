@@ -248,3 +248,22 @@ def site_request_rules(services: Mapping[str, ServiceSettings]) -> list[dict[str
         }
     )
     return rules
+
+
+class RecentRequestInfo(BaseModel):
+    """One answered request in `GET /v1/metrics/recent`."""
+
+    at: float = Field(description="Unix seconds when it was answered.")
+    service: str
+    tier: str = Field(description="Where it was served: cache, local, peer, cloud, llm, or reject.")
+    status: int
+    latency_ms: float
+    site: str = Field(description="The site that served it (this one, or the peer it went to).")
+
+
+class RecentRequests(BaseModel):
+    """The latest requests this site (this worker process) answered, newest first."""
+
+    site: str
+    worker: int
+    requests: list[RecentRequestInfo]

@@ -120,16 +120,45 @@ REJECT_TIER = "reject"
 UNKNOWN_CLIENT_KIND = "unknown"
 """The client kind of a request recorded without one."""
 
+RECENT_REQUESTS = 200
+"""How many of the latest requests `RequestLog.recent` can return (the dashboard's request list)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecentRequest:
+    """One answered request as the operator's list shows it. `site` is the peer that served it,
+    None when this site did."""
+
+    at: float
+    service: str
+    tier: str
+    status: int
+    latency_ms: float
+    site: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "service": self.service,
+            "tier": self.tier,
+            "status": self.status,
+            "latency_ms": round(self.latency_ms, 3),
+            "site": self.site,
+        }
+
 
 class RequestLog:
     """The site's requests: recent ones for rates and percentiles, totals since start.
 
     `record` is O(1) on the request path. `summary` (in the sampler's thread) costs the same at
     any request rate: counts are kept per second, and percentiles come from the most recent
-    `latency_samples` requests of each service.
+    `latency_samples` requests of each service. The last `recent_size` requests are kept as they
+    were (one small tuple each, oldest dropped first) for `recent`.
     """
 
-    def __init__(self, window_s: float = 10.0, latency_samples: int = 2048) -> None:
+    def __init__(
+        self, window_s: float = 10.0, latency_samples: int = 2048, recent_size: int = RECENT_REQUESTS
+    ) -> None:
         self.window_s = window_s
         self.latency_samples = latency_samples
         self._windows: dict[str, _ServiceWindow] = {}
@@ -137,13 +166,22 @@ class RequestLog:
         self.histograms: dict[str, LatencyHistogram] = {}
         self.by_client: dict[tuple[str, str, str], LatencyHistogram] = {}
         """Latencies (and so counts) by (service, tier, client kind), since start."""
+        self._recent: deque[tuple[float, str, str, int, float, str | None]] = deque(maxlen=recent_size)
 
     def record(
-        self, service: str, tier: str, status: int, latency_ms: float, client_kind: str = UNKNOWN_CLIENT_KIND
+        self,
+        service: str,
+        tier: str,
+        status: int,
+        latency_ms: float,
+        client_kind: str = UNKNOWN_CLIENT_KIND,
+        site: str | None = None,
     ) -> None:
         """Count one answered request: `tier` is where it was served ("cache", "local", "llm", ...,
         or "reject" when it was turned away), `status` the HTTP status it got, `client_kind` the
-        kind of client that sent it (a closed set: the schema's `ClientKind`)."""
+        kind of client that sent it (a closed set: the schema's `ClientKind`), `site` the peer
+        that served it (None: this site)."""
+        self._recent.append((time.time(), service, tier, status, latency_ms, site))
         slot = (service, tier, status)
         self.totals[slot] = self.totals.get(slot, 0) + 1
         by_client = self.by_client.get((service, tier, client_kind))
@@ -165,6 +203,11 @@ class RequestLog:
         key = (tier, status)
         counts[key] = counts.get(key, 0) + 1
         window.latencies.append(latency_ms)
+
+    def recent(self, limit: int) -> list[RecentRequest]:
+        """The last `limit` requests (at most `recent_size`), newest first."""
+        latest = list(self._recent)[-limit:] if limit > 0 else []
+        return [RecentRequest(*entry) for entry in reversed(latest)]
 
     def summary(self) -> tuple[ServiceRequestStats, ...]:
         horizon = int(time.monotonic()) - int(self.window_s)

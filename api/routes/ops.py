@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Security
+from fastapi import APIRouter, Query, Security
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.auth import require
 from api.deps import MaybeCaller, SiteDep
-from api.schemas import Health, Readiness, error_responses
+from api.schemas import Health, Readiness, RecentRequests, error_responses
 from api.swarm_node import SwarmNode
 from monitoring import prometheus
+from tools.metrics_monitor import RECENT_REQUESTS
 
 router = APIRouter(tags=["operations"])
 
@@ -116,4 +117,27 @@ async def snapshot(site: SiteDep) -> dict[str, Any]:
         "cloud": {} if site.cloud is None else site.cloud.snapshot(),
         "bedrock": None if site.bedrock is None else site.bedrock.snapshot(),
         "worker": {"index": site.worker_index, "pid": os.getpid(), "count": site.worker_count},
+    }
+
+
+@router.get(
+    "/v1/metrics/recent",
+    response_model=RecentRequests,
+    dependencies=_OPERATOR_READS,
+    responses=error_responses(401, 403, 422),
+    summary="The latest requests answered: service, tier, status, latency, serving site",
+)
+async def recent_requests(
+    site: SiteDep,
+    limit: Annotated[int, Query(ge=1, le=RECENT_REQUESTS, description="How many, newest first")] = 50,
+) -> dict[str, Any]:
+    """What the dashboard lists. With several worker processes each keeps its own; the answer is
+    from the one that took this call (`worker`)."""
+    here = site.settings.site_id
+    return {
+        "site": here,
+        "worker": site.worker_index,
+        "requests": [
+            {**entry.to_dict(), "site": entry.site or here} for entry in site.monitor.requests.recent(limit)
+        ],
     }

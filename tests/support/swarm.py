@@ -68,8 +68,14 @@ class Swarm:
         os.kill(proc.pid, sig)
 
 
-def swarm_sites(base: Path, count: int = 3, env: Mapping[str, str] | None = None) -> dict[str, SiteProcess]:
-    """`count` sites that know each other as peers, on free loopback ports, not started."""
+def swarm_sites(
+    base: Path,
+    count: int = 3,
+    env: Mapping[str, str] | None = None,
+    site_env: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, SiteProcess]:
+    """`count` sites that know each other as peers, on free loopback ports, not started; each gets
+    `env`, then what `site_env` has for its id on top."""
     ids = [f"site-{i}" for i in range(1, count + 1)]
     ports: list[int] = []
     while len(ports) < 2 * count:  # distinct: a port just freed can be handed out again
@@ -87,7 +93,12 @@ def swarm_sites(base: Path, count: int = 3, env: Mapping[str, str] | None = None
             base / sid,
             client_key=CLIENT_KEY,
             operator_key=OPERATOR_KEY,
-            env={**TEST_SITE_ENV, "MEC_PEER_SECRET": PEER_SECRET, **(env or {})},
+            env={
+                **TEST_SITE_ENV,
+                "MEC_PEER_SECRET": PEER_SECRET,
+                **(env or {}),
+                **(site_env or {}).get(sid, {}),
+            },
             args=["--site-id", sid, "--peers", peers, "--raft-port", str(raft[sid])],
             port=api[sid],
             cwd=ROOT,
@@ -98,12 +109,16 @@ def swarm_sites(base: Path, count: int = 3, env: Mapping[str, str] | None = None
 
 @contextmanager
 def running_swarms(base: Path) -> Iterator[Callable[..., Swarm]]:
-    """Starts swarms (`start(count=3, env=None)`), each in a dir of its own; stops every site at the
-    end, a stopped (SIGSTOP) one included."""
+    """Starts swarms (`start(count=3, env=None, site_env=None)`), each in a dir of its own; stops
+    every site at the end, a stopped (SIGSTOP) one included."""
     started: list[SiteProcess] = []
 
-    def start(count: int = 3, env: Mapping[str, str] | None = None) -> Swarm:
-        sites = swarm_sites(base / f"swarm{len(started)}", count, env)
+    def start(
+        count: int = 3,
+        env: Mapping[str, str] | None = None,
+        site_env: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> Swarm:
+        sites = swarm_sites(base / f"swarm{len(started)}", count, env, site_env)
         for site in sites.values():
             started.append(site)
             site.launch()

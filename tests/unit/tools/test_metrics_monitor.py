@@ -45,6 +45,24 @@ def test_capacity_rejects_are_counted_apart_from_server_errors() -> None:
     assert stats.by_tier == {"local": 8, "reject": 13, "llm": 1}
 
 
+def test_recent_requests_keep_only_the_latest_newest_first() -> None:
+    log = RequestLog(recent_size=5)
+    for i in range(12):
+        log.record("sensor", "local", 200, float(i))
+    log.record("game-state", "peer", 502, 99.0, site="site-2")
+    recent = log.recent(200)
+    assert [r.latency_ms for r in recent] == [99.0, 11.0, 10.0, 9.0, 8.0]
+    assert (recent[0].service, recent[0].tier, recent[0].status, recent[0].site) == (
+        "game-state",
+        "peer",
+        502,
+        "site-2",
+    )
+    assert recent[1].site is None  # served here
+    assert [r.latency_ms for r in log.recent(2)] == [99.0, 11.0]
+    assert recent[0].at >= recent[-1].at
+
+
 async def test_tool_reports_rejected_next_to_errors(tmp_path: Path) -> None:
     log = RequestLog()
     log.record("sensor", "reject", 503, 0.1)
