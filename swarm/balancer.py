@@ -100,8 +100,6 @@ def _candidates(
     passed: list[_Candidate] = []
     offered = 0
     for entry in entries:
-        if entry.load.overload != "normal":  # it is shedding its own work: send it none
-            continue
         load = entry.load.services.get(service)
         if load is None or load.ready <= 0:
             continue
@@ -129,7 +127,13 @@ def choose_peer(
     """The peer to forward a request for `service` to, with `budget_ms` left; None if no peer can
     answer within it. `entries` are the load table's fresh entries (their order does not matter);
     `rng` is used by `p2c` and `default` only, `rr_state` by `round-robin` (required there)."""
-    passed, offered = _candidates(service, budget_ms, entries, policy == "default", overhead_ms)
+    # Peers that report themselves normal first; a peer that is shedding its own work or
+    # offloading to the cloud only when no normal one can answer in time (it may still have room).
+    calm = [entry for entry in entries if entry.load.overload == "normal"]
+    passed, offered = _candidates(service, budget_ms, calm, policy == "default", overhead_ms)
+    if not passed:
+        hot = [entry for entry in entries if entry.load.overload != "normal"]
+        passed, offered = _candidates(service, budget_ms, hot, policy == "default", overhead_ms)
     if not passed:
         return None
     within = f"of {len(passed)}/{offered} peers within the {budget_ms:.0f} ms budget"

@@ -94,7 +94,8 @@ class SiteLoad(BaseModel):
     gpu_util: Percent | None = None
     """The busiest GPU's utilisation, 0-100; None without a GPU."""
     overload: OverloadState = "normal"
-    """The sender's overload state: a peer that is shedding or offloading takes no forwards."""
+    """The sender's overload state: a peer that is shedding or offloading gets forwards only when no
+    normal peer can answer in time."""
 
     def to_json(self) -> bytes:
         """The report as compact JSON."""

@@ -226,9 +226,12 @@ def test_least_loaded_herds_on_stale_reports_while_default_spreads() -> None:
     assert simulate("round-robin", (1, 2)) == 10  # the other baseline: even here, but blind to load
 
 
-def test_a_peer_that_reports_itself_shedding_gets_no_forwards() -> None:
+def test_a_peer_that_reports_itself_shedding_gets_forwards_only_when_no_normal_peer_can_answer() -> None:
     calm, shedding = entry("site-2", predicted_ms=30.0), entry("site-3", predicted_ms=1.0)
     shedding = replace(shedding, load=shedding.load.model_copy(update={"overload": "shedding"}))
     for policy in ("default", "p2c", "least-loaded", "round-robin"):
         choice = choose_peer("sensor", 200.0, [calm, shedding], policy, random.Random(1), RoundRobinState())
         assert choice is not None and choice.site_id == "site-2", policy
+        # the normal peer cannot answer within 20 ms; the shedding one still can
+        choice = choose_peer("sensor", 20.0, [calm, shedding], policy, random.Random(1), RoundRobinState())
+        assert choice is not None and choice.site_id == "site-3", policy
