@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol
@@ -354,7 +354,16 @@ class Dispatcher:
                     _Job(call, service, request, local, view, deadline, timings), cache_key
                 )
         elif decision.tier == "peer" and decision.peer is not None:
-            outcome = await self._forward(call, decision.peer, deadline, timings)
+            first = decision.peer
+            if cache_key is not None and view.hedge_share is not None and not call.forwarded:
+                hedge_at = arrived + view.hedge_share * budget_ms / 1000
+                outcome = await self._race(
+                    self._forward(call, first, deadline, timings),
+                    lambda: self._other_peer(view, service.name, deadline, first.site_id, call, timings),
+                    hedge_at,
+                )
+            else:
+                outcome = await self._forward(call, first, deadline, timings)
             if (
                 decision.instance is not None
                 and outcome.status in (502, 503)
@@ -387,29 +396,61 @@ class Dispatcher:
         the shared call of its cache key, and its answer fills the cache when it comes. Hedges are
         paid from `self.hedges` (at most a tenth of the hedgeable requests, over time).
         """
+
+        def to_a_peer() -> Coroutine[Any, Any, Outcome] | None:
+            peer = self._peer_for(job.view, job.service.name, job.deadline)
+            return None if peer is None else self._forward(job.call, peer, job.deadline, job.timings)
+
+        return await self._race(self._call_once_per_key(job, cache_key), to_a_peer, hedge_at)
+
+    async def _race(
+        self,
+        first: Coroutine[Any, Any, Outcome],
+        second: Callable[[], Coroutine[Any, Any, Outcome] | None],
+        hedge_at: float,
+    ) -> Outcome:
+        """`first`, and from `hedge_at`, if it has not answered, also `second()` (None: nowhere to
+        hedge to, or no hedge left in the budget): the first 200 wins, else `first`'s outcome."""
         self.hedges.deposit()
-        local: asyncio.Future[Outcome] = asyncio.ensure_future(self._call_once_per_key(job, cache_key))
-        done, _ = await asyncio.wait((local,), timeout=max(0.0, hedge_at - time.perf_counter()))
+        primary: asyncio.Future[Outcome] = asyncio.ensure_future(first)
+        done, _ = await asyncio.wait((primary,), timeout=max(0.0, hedge_at - time.perf_counter()))
         if done:
-            return local.result()
-        peer = self._peer_for(job.view, job.service.name, job.deadline)
-        if peer is None or not self.hedges.withdraw():
-            return await local
+            return primary.result()
+        if not self.hedges.withdraw():
+            return await primary
+        hedge = second()
+        if hedge is None:  # nowhere to send it: the token goes back
+            self.hedges.refund()
+            return await primary
         self.hedged += 1
-        remote: asyncio.Future[Outcome] = asyncio.ensure_future(
-            self._forward(job.call, peer, job.deadline, job.timings)
-        )
-        pending: set[asyncio.Future[Outcome]] = {local, remote}
+        backup: asyncio.Future[Outcome] = asyncio.ensure_future(hedge)
+        pending: set[asyncio.Future[Outcome]] = {primary, backup}
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for finished in done:
                 if finished.result().status == 200:
-                    if finished is remote:
+                    if finished is backup:
                         self.hedges_won += 1
                     for loser in pending:  # it ends by its own deadline; nobody waits for it
                         loser.add_done_callback(_discard)
                     return finished.result()
-        return local.result()  # neither answered: the local call's error says what went wrong
+        return primary.result()  # neither answered: the first call's error says what went wrong
+
+    def _other_peer(
+        self,
+        view: View,
+        service: str,
+        deadline: float,
+        first: str,
+        call: ClientCall,
+        timings: dict[str, float],
+    ) -> Coroutine[Any, Any, Outcome] | None:
+        """A hedge for a slow forward: another peer that can answer in what is left (None if the
+        balancer offers only the one already asked)."""
+        peer = self._peer_for(view, service, deadline)
+        if peer is None or peer.site_id == first:
+            return None
+        return self._forward(call, peer, deadline, timings)
 
     def _peer_for(self, view: View, service: str, deadline: float) -> PeerChoice | None:
         """A peer for a request the local instances refused, if the swarm has one in time."""

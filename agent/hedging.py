@@ -41,3 +41,7 @@ class HedgeBudget:
             return True
         self.refused += 1
         return False
+
+    def refund(self) -> None:
+        """Give back a token withdrawn for a hedge that found nowhere to go."""
+        self.tokens = min(self.burst, self.tokens + 1)

@@ -919,7 +919,27 @@ def overload_phase(swarm: Swarm, gens: Generators, profile: Profile, capacity: f
         swarm, gens, "2x capacity", "site-1", rate, profile.overload_s, profile, kind=CAPACITY_SERVICE
     )
     probe.join(30)
-    return {"rate_rps": rate, "run": run, "side_probe": probe.summary()}
+    return {"rate_rps": rate, "run": run, "side_probe": probe.summary(), "sites": site_states(swarm)}
+
+
+def site_states(swarm: Swarm) -> dict[str, Any]:
+    """Each site's overload state and changes, hedges and alerts, as its snapshot says."""
+    found: dict[str, Any] = {}
+    for sid in swarm.alive():
+        try:
+            status, raw = _get(swarm.port(sid), "/v1/metrics/snapshot", swarm.operator_key)
+            snap = json.loads(raw) if status == 200 else {}
+        except (OSError, ValueError):
+            continue
+        overload = snap.get("overload", {})
+        found[sid] = {
+            "overload": overload.get("state"),
+            "changes": [f"{c['from']}->{c['to']}" for c in overload.get("history", [])],
+            "hedged": snap.get("admission", {}).get("hedged"),
+            "hedges_won": snap.get("admission", {}).get("hedges_won"),
+            "alerts_active": snap.get("alerts", {}).get("active"),
+        }
+    return found
 
 
 def accept_queue(port: int) -> int | None:
@@ -1409,6 +1429,9 @@ def print_report(report: dict[str, Any], results: list[Check]) -> None:
             for sid, d in run["door"].items()
         )
         print(f"front doors during the run: {doors}")
+        print(
+            f"sites after the run (overload state, its changes, hedges sent/won, active alerts): {over['sites']}"
+        )
         side = over["side_probe"]
         print(
             f"side probe at site-1 during the run (4 req/s besides the load, GET /v1/sites every 0.5 s:"
@@ -1549,6 +1572,7 @@ def bench(workdir: Path, profile: Profile, kills: int, report: dict[str, Any]) -
                 "rate_rps": over["rate_rps"],
                 "run": run_json(over["run"]),
                 "side_probe": over["side_probe"],
+                "sites": over["sites"],
             }
         else:
             report["overload"] = None

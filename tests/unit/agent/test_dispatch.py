@@ -444,3 +444,35 @@ async def test_a_slow_call_waits_for_its_instance_once_the_hedge_budget_is_spent
     assert not waiting.done() and peer.forwarded == []
     rig.workloads[0].release.set()
     assert (await waiting).tier == "local"
+
+
+class TwoPeers(PeerSite):
+    """The balancer offers site-a, then site-b; site-a holds every request until its deadline."""
+
+    def __call__(self, service: str, budget_ms: float) -> PeerChoice | None:
+        self.asked.append((service, budget_ms))
+        site = "site-a" if len(self.asked) == 1 else "site-b"
+        return PeerChoice(site, "127.0.0.1", 1, predicted_ms=1.0, reason="test peer")
+
+    async def forward(self, call: ClientCall, peer: PeerChoice, deadline: float) -> Outcome:
+        self.forwarded.append(call)
+        if peer.site_id == "site-a":
+            await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
+            error = SiteError(
+                504, "budget_exceeded", "the latency budget ran out before peer site-a answered"
+            )
+            return Outcome.failed(error, call.service, "peer", "site-a")
+        return Outcome(200, call.service, "peer", "b-1", result_json=b'{"from":"site-b"}', site="site-b")
+
+
+async def test_a_forward_still_unanswered_at_the_hedge_point_is_also_sent_to_another_peer(make_rig) -> None:
+    peer = TwoPeers()
+    rig = await make_rig(healthy=0, peer=peer, hedge_share=0.01)  # no local instance: peers only
+    served = await rig.serve({"q": "slow peer"}, latency_budget_ms=1000)
+    assert (served.status, served.tier, served.site, served.result_json) == (
+        200,
+        "peer",
+        "site-b",
+        b'{"from":"site-b"}',
+    )
+    assert len(peer.forwarded) == 2 and (rig.dispatcher.hedged, rig.dispatcher.hedges_won) == (1, 1)
