@@ -227,7 +227,10 @@ class Site:
             self.swarm.overload_state = lambda: self.overload.state
         if self.cloud is not None:
             self.cloud_forwarder = CloudForwarder(
-                self.cloud, self.settings.site_id, max_connections=self.settings.cloud_max_connections
+                self.cloud,
+                self.settings.site_id,
+                max_connections=self.settings.cloud_max_connections,
+                pool=self.upstream,
             )
         self.dispatcher = Dispatcher(
             self.view_for,
