@@ -143,16 +143,13 @@ def _spill(request: PlanRequest, view: View, local: Instance, local_ms: float) -
     forwarding included) to answer before it. The local instance stays the fallback
     (`Plan.instance`) should the forward fail before the peer answers. Requests pinned by an
     affinity key never spill: their state lives at their instance. In cloud mode
-    (`view.cloud_spill`: the site and its peers are saturated) a spill with no peer sooner goes to
-    the service's cloud endpoint when that is predicted sooner.
+    (`view.cloud_spill`: the site and its peers are saturated) a spill goes to the service's cloud
+    endpoint when that is predicted sooner, before any peer (they are as saturated).
     """
     if request.forwarded or local_ms <= view.spill_share * request.budget_ms:
         return None
-    choice = None if view.choose_peer is None else view.choose_peer(request.service, local_ms)
-    if choice is None:
-        cloud = view.cloud.choice(request.service, local_ms) if view.cloud_spill and view.cloud else None
-        if cloud is None:
-            return None
+    cloud = view.cloud.choice(request.service, local_ms) if view.cloud_spill and view.cloud else None
+    if cloud is not None:
         return Plan(
             tier="cloud",
             instance=local,
@@ -160,6 +157,9 @@ def _spill(request: PlanRequest, view: View, local: Instance, local_ms: float) -
             reason=f"in cloud mode, the soonest local instance of {request.service} is predicted at "
             f"{local_ms:.0f} ms; {cloud.reason}",
         )
+    choice = None if view.choose_peer is None else view.choose_peer(request.service, local_ms)
+    if choice is None:
+        return None
     return Plan(
         tier="peer",
         instance=local,
@@ -178,6 +178,10 @@ def _elsewhere(request: PlanRequest, view: View, why: str) -> Plan:
     bedrock = view.bedrock if view.bedrock is not None and view.bedrock.serves(request.service) else None
     if view.choose_peer is None and view.cloud is None and bedrock is None:
         return _no_capacity(view, f"{why} and no peer or cloud is configured")
+    if view.cloud_spill and view.cloud is not None:  # cloud mode: the peers are as saturated
+        cloud = view.cloud.choice(request.service, request.budget_ms)
+        if cloud is not None:
+            return Plan(tier="cloud", cloud=cloud, reason=f"{why}; in cloud mode: {cloud.reason}")
     if view.choose_peer is not None:
         choice = view.choose_peer(request.service, request.budget_ms)
         if choice is not None:

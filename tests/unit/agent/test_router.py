@@ -255,3 +255,15 @@ def test_in_cloud_mode_a_spill_with_no_peer_sooner_goes_to_the_cloud_with_the_lo
     decision = plan(PlanRequest("infer", budget_ms=200), replace(view, cloud_spill=True))
     assert (decision.tier, decision.target) == ("cloud", "127.0.0.1:9")
     assert decision.instance is not None and decision.instance.id == "infer-1"
+
+
+def test_in_cloud_mode_the_cloud_comes_before_peers_for_spills_and_overflow() -> None:
+    base = _view(
+        [_instance("infer-1")], {"infer-1": _busy(90)}, choose_peer=Balancer(peer_ms=5), spill_share=0.1
+    )
+    view = replace(base, cloud=_cloud())
+    assert plan(PlanRequest("infer", budget_ms=200), view).tier == "peer"  # normal: a sooner peer
+    in_cloud_mode = replace(view, cloud_spill=True)
+    assert plan(PlanRequest("infer", budget_ms=200), in_cloud_mode).tier == "cloud"
+    full = replace(in_cloud_mode, loads={"infer-1": FULL})
+    assert plan(PlanRequest("infer", budget_ms=200), full).tier == "cloud"
