@@ -40,7 +40,6 @@ import contextlib
 import json
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -54,7 +53,7 @@ from agent.models.build import bedrock_client_config
 from config.settings import Settings
 from prompts import load_prompt
 from swarm.breaker import CircuitBreaker
-from swarm.cloud import RTT_EWMA_ALPHA, SLOW_TIMEOUT_FACTOR, CloudBlocked, CloudChoice
+from swarm.cloud import CloudBlocked, CloudChoice, CloudTarget
 
 TARGET = "bedrock"
 """`route.target` of answers from Bedrock."""
@@ -63,7 +62,6 @@ MAX_QUESTION_CHARS = 2000
 BEDROCK_OVERHEAD_MS = 5.0
 """What a call adds on this side (thread hand-off, request signing, JSON)."""
 THROTTLED = frozenset({"ThrottlingException", "TooManyRequestsException", "ServiceQuotaExceededException"})
-ANSWER_WINDOW = 128
 
 
 def converse_request(model_id: str, question: str, max_tokens: int, system_prompt: str) -> dict[str, Any]:
@@ -137,17 +135,17 @@ class BedrockFallback:
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="bedrock")
-        self._answers: deque[float] = deque(maxlen=ANSWER_WINDOW)
-        self.rtt_ms: float | None = None
+        self.calls = CloudTarget(
+            ",".join(sorted(self.services)),
+            f"bedrock-runtime.{region}/{model_id}",
+            self.breaker,
+            assumed_ms,
+            target=TARGET,
+        )
+        """What Bedrock's calls took and how they ended, as for any cloud target (`swarm.cloud`):
+        its 4xx (throttling included) are `refused`, the calls counted against the breaker `failed`."""
         self.inflight = 0
         """Calls whose thread has not returned (including ones nobody waits for any more)."""
-        self.sent = 0
-        self.answered = 0
-        self.refused = 0
-        """Bedrock's 4xx (throttling included)."""
-        self.failed = 0
-        """Calls counted against the breaker."""
-        self.timed_out = 0
 
     @classmethod
     def of(cls, settings: Settings) -> BedrockFallback | None:
@@ -176,7 +174,7 @@ class BedrockFallback:
     @property
     def expected_ms(self) -> float:
         """What the next answer is expected to take: the measured EWMA, else the assumed time."""
-        return self.rtt_ms if self.rtt_ms is not None else self.assumed_ms
+        return self.calls.expected_ms
 
     def serves(self, service: str) -> bool:
         return service in self.services
@@ -247,7 +245,7 @@ class BedrockFallback:
         generation = breaker.generation
         verdict: Callable[[int | None], None] = breaker.release
         self.inflight += 1
-        self.sent += 1
+        self.calls.sent += 1
         sent = self._clock()
         loop = asyncio.get_running_loop()
         work: Future[Mapping[str, Any]] = self._executor.submit(self._converse, question)
@@ -257,25 +255,25 @@ class BedrockFallback:
                 async with asyncio.timeout(left_s):
                     response = await asyncio.wrap_future(work)
             except (TimeoutError, ReadTimeoutError, ConnectTimeoutError):
-                self.timed_out += 1
-                if (self._clock() - sent) * 1000 >= SLOW_TIMEOUT_FACTOR * self.expected_ms:
-                    self.failed += 1
+                self.calls.timed_out += 1
+                if self.calls.slow((self._clock() - sent) * 1000):
+                    self.calls.failed += 1
                     verdict = breaker.record_failure
                 return self._timeout(service)
             except ClientError as exc:
                 outcome, verdict = self._refusal(service, exc)
                 return outcome
             except BotoCoreError as exc:
-                self.failed += 1
+                self.calls.failed += 1
                 verdict = breaker.record_failure
                 return _failed(service, f"{type(exc).__name__}: {exc}")
             try:
                 result = answer_of(response, self.model_id)
             except (KeyError, TypeError, ValueError, AttributeError):
-                self.failed += 1
+                self.calls.failed += 1
                 verdict = breaker.record_failure
                 return _failed(service, "its answer has no output message")
-            self._answered_in((self._clock() - sent) * 1000)
+            self.calls.answered_in((self._clock() - sent) * 1000)
             verdict = breaker.record_success
             body = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
             return Outcome(200, service, "cloud", TARGET, result_json=body)
@@ -297,21 +295,15 @@ class BedrockFallback:
         message = str(error.get("Message") or code)
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 500)
         if code in THROTTLED or status == 429:
-            self.refused += 1
+            self.calls.refused += 1
             busy = SiteError(503, "bedrock_busy", f"Bedrock is throttling requests ({code})", retry_after_s=1)
             return Outcome.failed(busy, service, "cloud", TARGET), self.breaker.release
         if status >= 500:
-            self.failed += 1
+            self.calls.failed += 1
             return _failed(service, f"{code} ({status}): {message}"), self.breaker.record_failure
-        self.refused += 1
+        self.calls.refused += 1
         refused = SiteError(502, "bedrock_refused", f"Bedrock refused the call: {code} ({status}): {message}")
         return Outcome.failed(refused, service, "cloud", TARGET), self.breaker.record_success
-
-    def _answered_in(self, elapsed_ms: float) -> None:
-        self.answered += 1
-        self._answers.append(elapsed_ms)
-        rtt = self.rtt_ms
-        self.rtt_ms = elapsed_ms if rtt is None else rtt + (elapsed_ms - rtt) * RTT_EWMA_ALPHA
 
     @staticmethod
     def _timeout(service: str) -> Outcome:
@@ -320,25 +312,12 @@ class BedrockFallback:
 
     def snapshot(self) -> dict[str, Any]:
         """Its state and figures, for metrics and the dashboard."""
-        breaker = self.breaker
-        answers = sorted(self._answers)
         return {
+            **self.calls.snapshot(),
             "model": self.model_id,
             "region": self.region,
             "services": sorted(self.services),
-            "state": breaker.state,
-            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
-            "answer_p50_ms": round(answers[len(answers) // 2], 3) if answers else None,
-            "expected_ms": round(self.expected_ms, 3),
             "inflight": self.inflight,
-            "opened": breaker.opened,
-            "rejected": breaker.rejected,
-            "retry_after_s": breaker.retry_after_s if breaker.state == "open" else None,
-            "sent": self.sent,
-            "answered": self.answered,
-            "refused": self.refused,
-            "failed": self.failed,
-            "timed_out": self.timed_out,
         }
 
     async def start(self) -> None:

@@ -114,10 +114,17 @@ class CloudTarget:
         "url",
     )
 
-    def __init__(self, service: str, url: str, breaker: CircuitBreaker, assumed_rtt_ms: float) -> None:
+    def __init__(
+        self,
+        service: str,
+        url: str,
+        breaker: CircuitBreaker,
+        assumed_rtt_ms: float,
+        target: str | None = None,
+    ) -> None:
         self.service = service
         self.url = url
-        self.target = endpoint_host(url)
+        self.target = target or endpoint_host(url)
         self.breaker = breaker
         self.assumed_rtt_ms = assumed_rtt_ms
         self.rtt_ms: float | None = None

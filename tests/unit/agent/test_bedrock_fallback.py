@@ -103,7 +103,7 @@ async def test_a_payload_without_a_question_is_a_422_and_nothing_is_sent(
     outcome = await fallback.answer(call_for({"text": "no question here"}), deadline())
     assert outcome.status == 422
     assert outcome.error is not None and outcome.error.field == "payload.question"
-    assert fallback.sent == 0  # an unexpected converse call would have raised in the Stubber
+    assert fallback.calls.sent == 0  # an unexpected converse call would have raised in the Stubber
 
 
 async def test_a_bedrock_server_error_is_a_502_for_that_request_only(
@@ -166,7 +166,7 @@ async def test_a_budget_already_spent_is_a_504_without_a_call(
 ) -> None:
     outcome = await fallback.answer(call_for({"question": QUESTION}), time.perf_counter() - 0.001)
     assert outcome.status == 504
-    assert fallback.sent == 0
+    assert fallback.calls.sent == 0
 
 
 def _view(bedrock: BedrockFallback | None, kind: str = "llm") -> View:
