@@ -422,7 +422,9 @@ async def test_a_node_started_after_compaction_restores_a_snapshot_of_several_ch
         await eventually(node.is_leader, "the only node leads")
         for n in range(12):
             await node.propose(Note(f"early-{n}"), timeout_s=PROPOSE_S)
-        await eventually(lambda: node.status().detail["snapshot_index"] >= 10, "a snapshot past entry 10")
+        await eventually(
+            lambda: node.status().detail["snapshot_index"] >= 10, "a snapshot past entry 10", timeout_s=60
+        )
         assert stored_log(etcd)[0][0] > 1 and len(stored_log(etcd)) <= 5
         # a node that knows no index yet tries slot 1 first: compacted, not free
         fresh = EtcdConsensus("fresh", etcd.endpoints, first.apply)  # never started
