@@ -286,3 +286,33 @@ async def test_server_killed_mid_answer_fails_the_turn(
     assert model.served_by == "openai-compatible"
     assert [(a.label, a.outcome) for a in model.attempts] == [("openai-compatible", "interrupted")]
     assert agent.messages[-1]["role"] == "user"  # the half answer was not kept
+
+
+def test_the_assistant_service_answers_a_mobile_question_from_the_local_model(
+    shared_server: LlamaServer, site_factory: Callable[..., Any]
+) -> None:
+    """The `assistant` sample (kind `llm`) on a real site, answering from the real SmolLM2 server."""
+    site = site_factory(
+        {
+            "MEC_SERVICES__INFERENCE__REPLICAS": "0",
+            "MEC_SERVICES__SENSOR__REPLICAS": "0",
+            "MEC_SERVICES__GAME-STATE__REPLICAS": "0",
+            "MEC_SERVICES__ASSISTANT__REPLICAS": "1",
+            "MEC_SERVICES__ASSISTANT__ENV__ASSISTANT_MODEL_URL": shared_server.url,
+            "MEC_SERVICES__ASSISTANT__ENV__ASSISTANT_MODEL_ID": MODEL_ALIAS,
+            "MEC_SERVICES__ASSISTANT__ENV__ASSISTANT_MAX_TOKENS": "24",
+        }
+    )
+    body = {
+        "service": "assistant",
+        "payload": {"question": "In one sentence, what is an edge computing site?"},
+        "client": {"kind": "mobile", "id": "phone-1"},
+        "latency_budget_ms": 60000,
+    }
+    response = httpx.post(f"{site.url}/v1/requests", json=body, headers=site.headers(), timeout=90)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["route"]["tier"] == "local"
+    result = answer["result"]
+    assert isinstance(result["answer"], str) and result["answer"].strip()
+    assert result["model"] == MODEL_ALIAS and result["tokens"]["output"] > 0
