@@ -10,7 +10,7 @@ instance saturates); then a peer site the swarm's balancer picks (its load table
 room and is predicted to answer in time, RTT included; a request that a peer forwarded here is
 never forwarded again); then the cloud: Bedrock for services of kind `llm` when it is configured
 (`View.bedrock`), else the service's cloud endpoint (`View.cloud`), each only when its measured
-answer time fits (never for a forwarded request); otherwise a reject with 503 and `Retry-After`
+answer time fits (for a forwarded request only in cloud mode: the cloud is no peer, so no loop); otherwise a reject with 503 and `Retry-After`
 (the breaker's, code `cloud_unavailable`, while the cloud target is failing), at once, before
 anything is queued or sent. In cloud mode (`View.cloud_spill`) a spill with no sooner peer goes
 to the cloud endpoint.
@@ -157,6 +157,8 @@ def _spill(request: PlanRequest, view: View, local: Instance, local_ms: float) -
             reason=f"in cloud mode, the soonest local instance of {request.service} is predicted at "
             f"{local_ms:.0f} ms; {cloud.reason}",
         )
+    if view.cloud_spill:  # cloud mode: the peers are as saturated; the instance keeps the request
+        return None
     choice = None if view.choose_peer is None else view.choose_peer(request.service, local_ms)
     if choice is None:
         return None
@@ -174,6 +176,12 @@ def _elsewhere(request: PlanRequest, view: View, why: str) -> Plan:
     to answer in time (Bedrock for an `llm` service when configured, else the service's cloud
     endpoint), else a 503 at once (with the breaker's Retry-After when the cloud is failing)."""
     if request.forwarded:
+        if view.cloud_spill and view.cloud is not None:  # the cloud is no peer: it cannot loop back
+            cloud = view.cloud.choice(request.service, request.budget_ms)
+            if cloud is not None:
+                return Plan(
+                    tier="cloud", cloud=cloud, reason=f"{why}; forwarded here in cloud mode: {cloud.reason}"
+                )
         return _no_capacity(view, f"{why}, and a request a peer forwarded is not forwarded again")
     bedrock = view.bedrock if view.bedrock is not None and view.bedrock.serves(request.service) else None
     if view.choose_peer is None and view.cloud is None and bedrock is None:

@@ -211,9 +211,9 @@ def test_by_default_peers_only_take_what_no_local_instance_can_serve_in_budget()
     assert plan(PlanRequest("infer", budget_ms=80), view).tier == "peer"
 
 
-def _cloud(**options: float) -> CloudCompute:
+def _cloud(assumed_rtt_ms: float = 50) -> CloudCompute:
     return CloudCompute(
-        {"infer": "http://127.0.0.1:9/invoke"}, assumed_rtt_ms=50, breaker_failures=1, **options
+        {"infer": "http://127.0.0.1:9/invoke"}, assumed_rtt_ms=assumed_rtt_ms, breaker_failures=1
     )
 
 
@@ -267,3 +267,19 @@ def test_in_cloud_mode_the_cloud_comes_before_peers_for_spills_and_overflow() ->
     assert plan(PlanRequest("infer", budget_ms=200), in_cloud_mode).tier == "cloud"
     full = replace(in_cloud_mode, loads={"infer-1": FULL})
     assert plan(PlanRequest("infer", budget_ms=200), full).tier == "cloud"
+
+
+def test_in_cloud_mode_a_site_spills_to_no_peer_and_sends_a_forwarded_request_it_cannot_take_to_the_cloud() -> (
+    None
+):
+    slow_cloud = _cloud(assumed_rtt_ms=400)  # the cloud is not sooner than the local instance
+    base = _view(
+        [_instance("infer-1")], {"infer-1": _busy(90)}, choose_peer=Balancer(peer_ms=5), spill_share=0.1
+    )
+    in_cloud_mode = replace(base, cloud=slow_cloud, cloud_spill=True)
+    assert plan(PlanRequest("infer", budget_ms=200), in_cloud_mode).tier == "local"  # no spill to a peer
+    full = replace(in_cloud_mode, cloud=_cloud(), loads={"infer-1": FULL})
+    forwarded = plan(PlanRequest("infer", budget_ms=200, forwarded=True), full)
+    assert forwarded.tier == "cloud"
+    normal = replace(full, cloud_spill=False)
+    assert plan(PlanRequest("infer", budget_ms=200, forwarded=True), normal).status == 503
