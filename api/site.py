@@ -470,18 +470,25 @@ class Site:
     def step_overload(self, snapshot: MetricsSnapshot) -> None:
         """Move the overload state on this sample's alerts; commit a change of cloud mode.
 
-        Shedding lowers the very figures that raised the alert (the site's own in-flight, its
-        p99), so while it sheds or offloads the site also stays hot as long as it still hands more
-        than `overload_release_share` of its requests away: it steps back when its own instances
-        could take the load again, not as soon as the handing-off has worked."""
+        Hot means an overload alert is firing, or the site hands more than a share of its
+        requests (last 10 s) to peers or the cloud: `overload_handoff_share` to become hot (a site
+        that cannot serve what it is offered is overloaded, whatever its own figures say: its
+        adaptive limits keep them in bounds), `overload_release_share` to stay hot (shedding
+        lowers the very figures that raised the alert, so the site steps back when its own
+        instances could take the load again, not as soon as the handing-off has worked)."""
         metrics = set(self.settings.overload_alert_metrics)
         hot = any(alert.metric in metrics for alert in self.alerts.engine.firing())
-        if not hot and self.overload.state != "normal":
+        if not hot:
             total = sum(row.requests for row in snapshot.requests)
             handed = sum(
                 row.by_tier.get("peer", 0) + row.by_tier.get("cloud", 0) for row in snapshot.requests
             )
-            hot = total > 0 and handed / total > self.settings.overload_release_share
+            share = (
+                self.settings.overload_handoff_share
+                if self.overload.state == "normal"
+                else self.settings.overload_release_share
+            )
+            hot = total > 0 and handed / total > share
         room = self.swarm is not None and self.swarm.peers_have_room()
         change = self.overload.step(hot, room, time.time())
         if change is None:

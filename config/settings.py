@@ -477,6 +477,13 @@ class Settings(BaseSettings):
         le=1,
         description="The spill share while shedding or in cloud mode (peer_spill_share otherwise).",
     )
+    overload_handoff_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="A site that hands more than this share of its requests (last 10 s) to peers or the "
+        "cloud is hot even without an overload alert: it cannot serve what it is offered.",
+    )
     overload_release_share: float = Field(
         default=0.05,
         ge=0,
