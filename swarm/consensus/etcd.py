@@ -119,6 +119,9 @@ MAX_BATCH_BYTES = 256 * 1024
 DEFAULT_PORT = 2379
 CHUNK_BYTES = 512 * 1024
 """A snapshot's bytes go to etcd in chunks of this much at most (base64 in a request of 1.5 MiB)."""
+SNAPSHOT_ATTEMPTS = 5
+SNAPSHOT_RETRY_S = 1.0
+"""A snapshot write that fails is tried this many times, this far apart."""
 CHUNK_DIGITS = 6
 SNAPSHOT_READ_ATTEMPTS = 5
 """Reads of a snapshot that a newer one replaced meanwhile, before the follower backs off."""
@@ -977,14 +980,33 @@ class EtcdConsensus:
                 break
             index, data, gap = handed
             try:
-                self._write_snapshot(index, data, gap)
-            except (_Unavailable, _Rejected, KeyError, TypeError, ValueError) as exc:
-                with self._lock:
-                    self._snapshot_errors += 1
-                log.warning("%s: the snapshot at %d was not written: %s", self.node_id, index, _describe(exc))
+                # A failed write is tried again a few times: the next chance would otherwise come
+                # only with the next batch of commands, and a quiet log may not have one for long.
+                for attempt in range(SNAPSHOT_ATTEMPTS):
+                    try:
+                        self._write_snapshot(index, data, gap)
+                        break
+                    except (_Unavailable, _Rejected, KeyError, TypeError, ValueError) as exc:
+                        with self._lock:
+                            self._snapshot_errors += 1
+                        log.warning(
+                            "%s: the snapshot at %d was not written (try %d): %s",
+                            self.node_id,
+                            index,
+                            attempt + 1,
+                            _describe(exc),
+                        )
+                        if self._stopping.wait(SNAPSHOT_RETRY_S):
+                            break
             finally:
                 with self._lock:
                     self._snapshot_busy = False
+                # Entries applied while it was written found the writer busy: look again now, or
+                # a log that then falls quiet would keep them until the next batch of commands.
+                loop = self._loop
+                if loop is not None and not self._stopping.is_set():
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                        loop.call_soon_threadsafe(self._maybe_snapshot)
 
     def _write_snapshot(self, index: int, data: bytes, gap: int) -> None:
         """Write the snapshot at `index` unless the latest one is fewer than `gap` entries behind
