@@ -12,7 +12,9 @@ import ctypes
 import os
 import signal
 import socket
+import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -133,11 +135,26 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+RECENT_PORTS = 1024
+"""How many ports `free_port` handed out last, which it does not hand out again."""
+_recent_ports: deque[int] = deque(maxlen=RECENT_PORTS)
+_recent_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on `host` that nothing listens on right now, and that this process was not
+    handed in its last `RECENT_PORTS` calls: a port handed out is bound later by whoever asked,
+    and meanwhile the kernel may offer it again (two instances, or a server and the client that
+    starts it, then race for one port)."""
+    with _recent_lock:
+        for _ in range(64):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if port not in _recent_ports:
+                break
+        _recent_ports.append(port)
+        return port
 
 
 class Runtime(ABC):
