@@ -873,31 +873,15 @@ def capacity_phase(swarm: Swarm, gens: Generators, profile: Profile) -> dict[str
     capacity = 0.0
     rate = profile.ramp_start
     while rate <= profile.ramp_max:
-        run = open_run(
-            swarm,
-            gens,
-            f"ramp {rate:.0f}/s",
-            "site-2",
-            rate,
-            profile.ramp_step_s,
-            profile,
-            kind=CAPACITY_SERVICE,
-        )
-        passed = _step_passes(run)
-        steps.append({"run": run, "passed": passed, "retry": False})
-        if not passed:
+        for retry in (False, True):  # a failing step is run once more
+            label = f"ramp {rate:.0f}/s" + (" again" if retry else "")
             run = open_run(
-                swarm,
-                gens,
-                f"ramp {rate:.0f}/s again",
-                "site-2",
-                rate,
-                profile.ramp_step_s,
-                profile,
-                kind=CAPACITY_SERVICE,
+                swarm, gens, label, "site-2", rate, profile.ramp_step_s, profile, kind=CAPACITY_SERVICE
             )
             passed = _step_passes(run)
-            steps.append({"run": run, "passed": passed, "retry": True})
+            steps.append({"run": run, "passed": passed, "retry": retry})
+            if passed:
+                break
         if not passed:
             break
         capacity = rate
