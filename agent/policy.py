@@ -28,6 +28,7 @@ from strands.types.tools import AgentTool
 
 from agent.limits import MutationLimiter
 from agent.scopes import scope_for
+from tools.alert_ops import ALERT_MUTATIONS, ALERT_READS
 from tools.cache_manager import CACHE_DESTRUCTIVE, CACHE_MUTATIONS, CACHE_READS
 from tools.container_ops import (
     CONTAINER_DESTRUCTIVE,
@@ -75,6 +76,7 @@ TOOL_EFFECTS: Mapping[str, ToolEffects] = {
         destructive_at_zero_replicas=CONTAINER_DESTRUCTIVE_AT_ZERO_REPLICAS,
     ),
     "cache_manager": ToolEffects(reads=CACHE_READS, mutations=CACHE_MUTATIONS, destructive=CACHE_DESTRUCTIVE),
+    "alert_ops": ToolEffects(reads=ALERT_READS, mutations=ALERT_MUTATIONS),
     "swarm_ops": ToolEffects(
         reads=SWARM_READS,
         mutations=SWARM_MUTATIONS,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from agent.cloud_forwarding import CloudForwarder
 from agent.dispatch import Dispatcher
 from agent.inflight import LoadCounters, LocalLoadCounters
 from agent.models.build import build_chat_model
+from agent.policy import CALLER_KEY
 from agent.request_trace import RequestTracer
 from agent.upstream import UpstreamPool
 from agent.view import ServiceView, View
@@ -26,6 +28,7 @@ from api.auth import KeyRing, generate_key, write_private_json
 from api.door import FrontDoor
 from api.swarm_node import SiteSwarmBackend, SwarmNode
 from config.settings import Settings
+from monitoring.alert_desk import AlertChannelServer, LocalAlertDesk, RemoteAlertDesk
 from monitoring.alert_service import AlertService, AlertSink, JsonLogSink
 from monitoring.alert_store import RedisAlertStore
 from monitoring.alerts import AlertEngine
@@ -37,6 +40,7 @@ from monitoring.tracing import Tracing, start_tracing
 from monitoring.webhook import WebhookSink
 from prompts import load_prompt
 from swarm.cloud import CloudCompute
+from tools.alert_ops import alert_ops_tool
 from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
 from tools.caches.redis import RedisCache
@@ -176,6 +180,21 @@ def resolve_keys(settings: Settings) -> tuple[KeyRing, dict[str, str]]:
     return KeyRing.build([generated["client"]], [generated["operator"]]), generated
 
 
+@dataclass(frozen=True, slots=True)
+class AlertChannel:
+    """The private socket over which the workers of `mec serve --workers N` reach the first
+    worker's alerts, and its per-run token (both from the supervisor)."""
+
+    path: Path
+    token: str
+
+
+def _caller_key_id(invocation_state: Mapping[str, Any]) -> str:
+    """The key id of a chat turn's caller (who acknowledged an alert through `alert_ops`)."""
+    caller = invocation_state.get(CALLER_KEY)
+    return str(getattr(caller, "key_id", "") or getattr(caller, "session_id", ""))
+
+
 @dataclass
 class Site:
     """Everything one MEC site runs, wired together from one `Settings`."""
@@ -207,8 +226,15 @@ class Site:
     cloud_forwarder: CloudForwarder | None = field(init=False, default=None)
     bedrock: BedrockFallback | None = None
     """Bedrock Converse for services of kind `llm` (with `bedrock_model_id`); None: not configured."""
+    alert_channel: AlertChannel | None = None
+    """How the front-door processes of `mec serve --workers N` share the first one's alerts; None:
+    one process."""
     alerts: AlertService = field(init=False)
     """The alert rules over every sample; evaluated by the first front-door process only."""
+    alert_desk: LocalAlertDesk | RemoteAlertDesk = field(init=False)
+    """Where every path (REST, SSE, the `alert_ops` tool) reads and acknowledges alerts: this
+    process's own, or the first worker's over `alert_channel`."""
+    alert_server: AlertChannelServer | None = field(init=False, default=None)
     overload: OverloadMachine = field(init=False)
     """normal → shedding → cloud, fed by the overload alerts (`monitoring.overload`)."""
     tracing: Tracing | None = field(init=False, default=None)
@@ -218,6 +244,11 @@ class Site:
 
     def __post_init__(self) -> None:
         self.alerts = AlertService(AlertEngine(self.settings.alert_rules))
+        channel = self.alert_channel
+        if channel is not None and self.worker_index != 0:
+            self.alert_desk = RemoteAlertDesk(channel.path, channel.token)
+        else:
+            self.alert_desk = LocalAlertDesk(self.alerts, self.settings.site_id)
         self.overload = OverloadMachine(
             cloud_after_s=self.settings.overload_cloud_after_s,
             calm_s=self.settings.overload_calm_s,
@@ -255,6 +286,7 @@ class Site:
             metrics_monitor_tool(self.monitor),
             container_ops_tool(self.runtime, {n: s.max_replicas for n, s in self.settings.services.items()}),
             cache_manager_tool(self.cache),
+            alert_ops_tool(self.alert_desk, _caller_key_id),
         ]
         if self.swarm is not None:
             self.tools.append(swarm_ops_tool(SiteSwarmBackend(self.swarm)))
@@ -284,11 +316,17 @@ class Site:
 
     @classmethod
     def build(
-        cls, settings: Settings, runtime: Runtime | None = None, counters: LoadCounters | None = None
+        cls,
+        settings: Settings,
+        runtime: Runtime | None = None,
+        counters: LoadCounters | None = None,
+        worker: tuple[int, int] = (0, 1),
+        alert_channel: AlertChannel | None = None,
     ) -> Site:
         """Wire a site from its settings; `runtime` replaces the configured one (tests, embedding,
         a front-door worker's `RemoteRuntime`), `counters` the load counters (a worker's shared ones;
-        default: this process's own)."""
+        default: this process's own); `worker` is (index, count) of this front-door process and
+        `alert_channel` how the workers share the first one's alerts."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         keys, generated = resolve_keys(settings)
         gpu = GpuProbe()
@@ -343,6 +381,9 @@ class Site:
             swarm=swarm,
             cloud=CloudCompute.of(settings),
             bedrock=BedrockFallback.of(settings),
+            worker_index=worker[0],
+            worker_count=worker[1],
+            alert_channel=alert_channel,
         )
 
     def view_for(self, service: str) -> View:
@@ -403,6 +444,11 @@ class Site:
                     self.alerts.engine.restore(await sink.load())
             await self.alerts.start()
             self.sampler.listeners.append(self.evaluate_alerts)
+            if self.alert_channel is not None and isinstance(self.alert_desk, LocalAlertDesk):
+                self.alert_server = AlertChannelServer(
+                    self.alert_desk, self.alert_channel.path, self.alert_channel.token
+                )
+                await self.alert_server.start()
         await self.sampler.start()
         self.admission.lag.start()
         if self.swarm is not None:
@@ -512,6 +558,9 @@ class Site:
         await self.sampler.stop()
         if self.archiver is not None:
             await self.archiver.stop()
+        if self.alert_server is not None:
+            await self.alert_server.close()
+            self.alert_server = None
         await self.alerts.stop()
         await self.admission.lag.stop()
         try:

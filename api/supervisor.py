@@ -56,8 +56,8 @@ def runtime_socket_path(data_dir: Path) -> tuple[Path, Path | None]:
     """Where the runtime socket goes: the data dir, or a private temp dir (returned second, to be
     removed) when that path is too long for a Unix socket. Sockets that supervisors which are
     gone left in the data dir (killed with SIGKILL) are removed."""
-    for stale in data_dir.glob("runtime-*.sock"):
-        pid = stale.stem.removeprefix("runtime-")
+    for stale in [*data_dir.glob("runtime-*.sock"), *data_dir.glob("alerts-*.sock")]:
+        pid = stale.stem.partition("-")[2]
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
             stale.unlink(missing_ok=True)
     path = data_dir.resolve() / f"runtime-{os.getpid()}.sock"
@@ -65,6 +65,11 @@ def runtime_socket_path(data_dir: Path) -> tuple[Path, Path | None]:
         return path, None
     private = Path(tempfile.mkdtemp(prefix="mec-runtime-"))  # mode 0700
     return private / "runtime.sock", private
+
+
+def alerts_socket_path(runtime_socket: Path) -> Path:
+    """The first worker's alert channel: beside the runtime socket (same directory, same rules)."""
+    return runtime_socket.with_name(runtime_socket.name.replace("runtime", "alerts", 1))
 
 
 class Supervisor:
@@ -85,6 +90,7 @@ class Supervisor:
         self.site_file: Path | None = None
         self._worker_settings: dict[str, Any] = {}
         self._token = secrets.token_urlsafe(32)
+        self._alerts_token = secrets.token_urlsafe(32)
 
     async def start(self) -> bool:
         """Everything up to `ready on`; False (with the reason printed) when the site cannot serve.
@@ -146,6 +152,8 @@ class Supervisor:
             "start_errors": self.start_errors,
             "runtime_socket": str(self.server.path),
             "runtime_token": self._token,
+            "alerts_socket": str(alerts_socket_path(self.server.path)),
+            "alerts_token": self._alerts_token,
             "change_timeout_s": max(120.0, 4 * start_timeout),
             "counters_name": self.counters.name,
             "counter_slots": self.counters.slots,
@@ -173,6 +181,7 @@ class Supervisor:
                 self.counters.close()
                 self.counters = None
             if self.server is not None:
+                alerts_socket_path(self.server.path).unlink(missing_ok=True)  # a killed worker 0's
                 await self.server.close()
                 self.server = None
             if self.socket_dir is not None:

@@ -23,7 +23,7 @@ from agent.inflight import SharedLoadCounters
 from api.app import create_app
 from api.server import build_server
 from api.serving import configure_logging, run_event_loop, run_server
-from api.site import Site, SiteStartError, workload_specs
+from api.site import AlertChannel, Site, SiteStartError, workload_specs
 from api.workers import bind_listener
 from config.settings import Settings
 from tools.runtimes.remote import RemoteRuntime
@@ -44,6 +44,10 @@ class WorkerBootstrap(BaseModel):
     start_errors: dict[str, str] = Field(default_factory=dict)
     runtime_socket: str
     runtime_token: str
+    alerts_socket: str | None = Field(
+        default=None, description="The first worker's alert channel (it listens, the others call it)."
+    )
+    alerts_token: str = ""
     change_timeout_s: float = Field(gt=0, description="How long a start/stop/scale call may take.")
     counters_name: str
     counter_slots: int = Field(ge=1)
@@ -75,9 +79,13 @@ async def serve(boot: WorkerBootstrap, control: TextIO) -> int:
     counters = SharedLoadCounters.attach(
         boot.counters_name, boot.count, boot.counter_slots, boot.index, runtime.slot_of
     )
-    site = Site.build(settings, runtime=runtime, counters=counters)
+    channel = (
+        AlertChannel(Path(boot.alerts_socket), boot.alerts_token) if boot.alerts_socket is not None else None
+    )
+    site = Site.build(
+        settings, runtime=runtime, counters=counters, worker=(boot.index, boot.count), alert_channel=channel
+    )
     site.start_errors = dict(boot.start_errors)
-    site.worker_index, site.worker_count = boot.index, boot.count
 
     def listening(port: int) -> None:
         control.write(json.dumps({"listening": port, "pid": os.getpid()}) + "\n")

@@ -42,15 +42,10 @@ CAPABILITIES = (
     'of sensor", "tail 20 lines of sensor-1"); the cache ("cache stats", "flush the sensor cache", "get '
     'key K from the inference cache", "set key K to 42 in the sensor cache", "delete key K in namespace '
     'N"); the swarm ("which site is the leader?", "list the sites", "where does inference run?", "swarm '
-    'load", "move inference to site-2", "scale inference to 4 across the swarm"); and several of these in '
+    'load", "move inference to site-2", "scale inference to 4 across the swarm"); alerts ("any alerts?", '
+    '"show resolved alerts", "ack alert 3f9c2e-4"); and several of these in '
     'one message ("CPU and GPU load?", "restart sensor-1 and show its logs").'
 )
-
-NO_ALERTS = (
-    "This site has no alerts tool yet, so I cannot list alerts. "
-    'I can show the status, metrics, latency and logs instead (try "status" or "why is sensor slow?").'
-)
-"""The reply to a request for alerts (there is no alerts tool)."""
 
 
 # -- words and figures ---------------------------------------------------------------------------
@@ -112,6 +107,8 @@ def describe(call: ToolCall) -> str:
         return _describe_swarm(args)
     if call.name == "metrics_monitor":
         return f"read the {args.get('section', 'all')} metrics"
+    if call.name == "alert_ops":
+        return f"acknowledge alert {args.get('alert_id')}" if action == "ack" else "list the alerts"
     if call.name == "container_ops" and action == "list":
         return f"list the instances of {args['service']}" if args.get("service") else "list the instances"
     template = _CALL_PHRASES.get((call.name, action), _OTHER_ACTION.get(call.name))
@@ -604,6 +601,42 @@ def logs_report(rounds: Rounds) -> str:
     return _sentences(
         f"Last {_plural(len(lines), 'line')} of {data.get('instance_id')}:\n" + "\n".join(lines)
     )
+
+
+def _alert_phrase(alert: Mapping[str, Any]) -> str:
+    acked = f", acknowledged by {alert['acknowledged_by']}" if alert.get("acknowledged_by") else ""
+    folded = f", fired {alert['fired']} times" if _int(alert.get("fired")) > 1 else ""
+    summary = alert.get("summary") or f"{alert.get('metric')} of {alert.get('subject')}"
+    return (
+        f"{alert.get('id')} {alert.get('severity')} {alert.get('rule')}: {summary} "
+        f"(peak {fig(alert.get('peak'))}, threshold {fig(alert.get('threshold'))}{folded}{acked})"
+    )
+
+
+def alerts_report(request: Request, rounds: Rounds) -> str:
+    """What the alert_ops call returned: the alerts of the state asked, or the one acknowledged."""
+    if request.action == "ack":
+        data = latest_result(rounds, "alert_ops", "ack")
+        if not isinstance(data, dict) or not isinstance(data.get("acknowledged"), dict):
+            return ""
+        alert = data["acknowledged"]
+        return _sentences(f"Acknowledged {_alert_phrase(alert)}.")
+    data = latest_result(rounds, "alert_ops", "list")
+    if not isinstance(data, dict):
+        return ""
+    parts: list[str] = []
+    for name, label in (("active", "firing"), ("resolved", "recently resolved")):
+        listed = data.get(name)
+        if not isinstance(listed, list):
+            continue
+        total = len(listed) + _int(data.get(f"{name}_not_listed"))
+        if not listed:
+            parts.append(f"No alerts {label} on {data.get('site', 'this site')}.")
+            continue
+        shown = "; ".join(_alert_phrase(alert) for alert in listed[:10])
+        more = f" (and {total - 10} more)" if total > 10 else ""
+        parts.append(f"{_plural(total, 'alert')} {label}: {shown}{more}.")
+    return _sentences(*parts)
 
 
 def cache_report(request: Request, rounds: Rounds) -> str:

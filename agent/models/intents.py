@@ -300,6 +300,8 @@ class Request:
             return self.action in ("set", "delete", "flush")
         if self.intent == "swarm":
             return self.action in SWARM_CHANGES
+        if self.intent == "alerts":
+            return self.action == "ack"
         return self.intent in ("scale", "restart", "stop", "start")
 
     @property
@@ -331,9 +333,25 @@ def _owner(instance_id: str, lexicon: Lexicon) -> str | None:
 # -- extractors: one per intent; each docstring is the intent's definition -----------------------
 
 
+_ALERT_ACK = re.compile(r"\b(ack|acked|acknowledge[sd]?|acknowledging)\b")
+_ALERT_ID = re.compile(r"\b([0-9a-f]{6}-\d+)\b")
+_ALERT_RESOLVED = re.compile(r"\b(resolved|cleared|past|recent(ly)?|history|earlier|ended)\b")
+_ALERT_ALL = re.compile(
+    r"\ball (the )?(alerts?|alarms?)\b|\b(alerts?|alarms?),? (active|firing) (and|or) resolved\b"
+)
+
+
 def _alerts(u: Utterance, lexicon: Lexicon) -> Request:
-    """Alerts ("any alerts?", "show alarms"): text only; this site has no alerts tool yet."""
-    return Request("alerts")
+    """Alerts ("any alerts?", "show resolved alarms", "ack alert 3f9c2e-4"): `alert_ops` "list"
+    (`action` "list", the state asked in `value`: active by default) or "ack" of the alert id
+    named (`key`), which the model asks for when the text has none."""
+    if _ALERT_ACK.search(u.low):
+        found = _ALERT_ID.search(u.low)
+        if found is None:
+            return Request("alerts", action="ack", missing="an alert id")
+        return Request("alerts", action="ack", key=found.group(1))
+    state = "all" if _ALERT_ALL.search(u.low) else "resolved" if _ALERT_RESOLVED.search(u.low) else "active"
+    return Request("alerts", action="list", value=state)
 
 
 def _help(u: Utterance, lexicon: Lexicon) -> Request:
@@ -745,7 +763,11 @@ class IntentRule:
 
 
 RULES: tuple[IntentRule, ...] = (
-    IntentRule("alerts", r"\b(alerts?|alarms?|alerting|incidents?|pages|paging)\b", _alerts),
+    IntentRule(
+        "alerts",
+        r"\b(alerts?|alarms?|alerting|incidents?|pages|paging|ack|acked|acknowledge[sd]?|acknowledging)\b",
+        _alerts,
+    ),
     IntentRule(
         "help",
         r"^\s*(help|\?|commands|menu)\s*[.!?]*\s*$|\bwhat can you do\b|\bwhat can (i|we) (ask|say)\b|"

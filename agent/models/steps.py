@@ -67,6 +67,10 @@ def cache(action: str, **values: Any) -> ToolCall:
     return ToolCall("cache_manager", {"action": action, **_args(**values)})
 
 
+def alert(action: str, **values: Any) -> ToolCall:
+    return ToolCall("alert_ops", {"action": action, **_args(**values)})
+
+
 def swarm(action: str, **values: Any) -> ToolCall:
     return ToolCall("swarm_ops", {"action": action, **_args(**values)})
 
@@ -246,7 +250,12 @@ def _swarm(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
 
 
 def _alerts(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:
-    return _text(answers.NO_ALERTS)
+    """One alert_ops call (a list of the state asked, or the ack of one id) and its answer."""
+    if rounds:
+        return _text(answers.alerts_report(request, rounds))
+    if request.action == "ack":
+        return _calls(alert("ack", alert_id=request.key))
+    return _calls(alert("list", state=request.value or "active"))
 
 
 def _help(request: Request, rounds: Rounds, services: Sequence[str]) -> Step:

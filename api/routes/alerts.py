@@ -1,5 +1,6 @@
 """Alerts as operators see them: `GET /v1/alerts`, `POST /v1/alerts/{id}/ack`, and the live
-stream `GET /v1/alerts/stream` (SSE). All need the operator scope, as the `alert_ops` tool does."""
+stream `GET /v1/alerts/stream` (SSE). All need the operator scope, as the `alert_ops` tool does,
+and read the same `site.alert_desk` (the first worker's alerts in every worker of `--workers N`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from agent.scopes import Principal
 from api.auth import require
 from api.deps import SiteDep
 from api.schemas import error_responses
-from monitoring.alert_service import Subscription, TooManySubscribersError
+from monitoring.alert_desk import AlertFeed, StreamRefusedError
+from tools.alert_ops import AlertDeskUnavailableError
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
@@ -34,13 +36,14 @@ async def list_alerts(
     state: Annotated[Literal["active", "resolved", "all"], Query(description="Which alerts")] = "all",
 ) -> dict[str, Any]:
     """Active alerts most severe first, then resolved ones newest first (the last 500)."""
-    engine = site.alerts.engine
-    found: dict[str, Any] = {"site": site.settings.site_id}
-    if state in ("active", "all"):
-        found["active"] = [alert.to_dict() for alert in engine.active()]
-    if state in ("resolved", "all"):
-        found["resolved"] = [alert.to_dict() for alert in engine.resolved()]
-    return found
+    try:
+        return await site.alert_desk.alerts(state)
+    except AlertDeskUnavailableError as exc:
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: AlertDeskUnavailableError) -> SiteError:
+    return SiteError(503, "alerts_unavailable", str(exc), retry_after_s=1)
 
 
 @router.post(
@@ -49,12 +52,15 @@ async def list_alerts(
     summary="Acknowledge an alert (it stays acknowledged through repeats folded into it)",
 )
 async def ack_alert(alert_id: str, site: SiteDep, caller: AlertAcker) -> dict[str, Any]:
-    alert = site.alerts.ack(alert_id, caller.key_id)
+    try:
+        alert = await site.alert_desk.ack(alert_id, caller.key_id)
+    except AlertDeskUnavailableError as exc:
+        raise _unavailable(exc) from exc
     if alert is None:
         raise SiteError(
             404, "unknown_alert", f"no alert {alert_id!r} on site {site.settings.site_id}", "alert_id"
         )
-    return alert.to_dict()
+    return alert
 
 
 @router.get(
@@ -72,12 +78,13 @@ async def ack_alert(alert_id: str, site: SiteDep, caller: AlertAcker) -> dict[st
 )
 async def stream_alerts(site: SiteDep, caller: AlertReader) -> Response:
     try:
-        subscription = site.alerts.subscribe()
-    except TooManySubscribersError as exc:
+        feed = await site.alert_desk.subscribe()
+    except StreamRefusedError as exc:
         raise SiteError(503, "too_many_streams", str(exc), retry_after_s=5) from exc
-    active = [alert.to_dict() for alert in site.alerts.engine.active()]
+    except AlertDeskUnavailableError as exc:
+        raise _unavailable(exc) from exc
     return EventSourceResponse(
-        _events(subscription, active), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        _events(feed), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
 
 
@@ -85,14 +92,17 @@ def _encode(kind: str, data: Any) -> bytes:
     return format_sse_event(data_str=json.dumps(data, separators=(",", ":"), default=str), event=kind)
 
 
-async def _events(subscription: Subscription, active: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _events(feed: AlertFeed) -> AsyncIterator[bytes]:
     try:
-        yield _encode("snapshot", {"active": active})
+        yield _encode("snapshot", {"active": feed.snapshot})
         while True:
-            event = await subscription.get(KEEPALIVE_S)
+            try:
+                event = await feed.get(KEEPALIVE_S)
+            except AlertDeskUnavailableError:
+                return  # the first worker went away: the client reconnects (to its successor)
             if event is None:
                 yield KEEPALIVE_COMMENT
                 continue
             yield _encode(str(event["kind"]), event)
     finally:
-        subscription.close()
+        feed.close()

@@ -199,3 +199,69 @@ def test_workers_see_each_others_inflight_counts(site_factory: SiteFactory) -> N
             for answer in answers:
                 result = answer.result(timeout=60)
                 assert result["route"]["tier"] == "local" and result["result"]["released"] is True
+
+
+ALWAYS_BUSY = {
+    **ONLY_SENSOR,
+    "MEC_ALERT_RULES": json.dumps(
+        [{"name": "always_busy", "metric": "cpu_percent", "high": -1, "for_s": 0, "clear_s": 0}]
+    ),
+    "MEC_SAMPLE_INTERVAL_S": "0.2",
+}
+"""A rule every sample breaches: it fires on the first worker a moment after start."""
+
+
+def _on_each_worker(site: SiteProcess, opened: list[http.client.HTTPConnection]) -> dict[int, Any]:
+    """One kept-alive connection per worker (index → connection), opened until both turned up."""
+    found: dict[int, http.client.HTTPConnection] = {}
+    host, port = urlsplit(site.url).hostname, urlsplit(site.url).port
+
+    def both() -> bool:
+        conn = http.client.HTTPConnection(host or "127.0.0.1", port, timeout=10)
+        opened.append(conn)
+        index = _ask(conn, "GET", "/v1/metrics/snapshot", OPERATOR_KEY)["worker"]["index"]
+        found.setdefault(index, conn)
+        return len(found) == 2
+
+    until(both, "a connection on each worker")
+    return found
+
+
+def test_every_worker_lists_acks_and_streams_the_first_workers_alerts(site_factory: SiteFactory) -> None:
+    site = site_factory(env=ALWAYS_BUSY, args=TWO)
+    with connections(site) as opened:
+        on = _on_each_worker(site, opened)
+
+        def firing_on_the_other_worker() -> list[dict[str, Any]]:
+            return _ask(on[1], "GET", "/v1/alerts?state=active", OPERATOR_KEY)["active"]
+
+        until(firing_on_the_other_worker, "worker 1 lists the alert worker 0 raised")
+        [alert] = firing_on_the_other_worker()
+        assert alert["rule"] == "always_busy" and alert["acknowledged_at"] is None
+
+        acked = _ask(on[1], "POST", f"/v1/alerts/{alert['id']}/ack", OPERATOR_KEY)
+        assert acked["id"] == alert["id"] and acked["acknowledged_by"]
+        [seen_by_owner] = _ask(on[0], "GET", "/v1/alerts?state=active", OPERATOR_KEY)["active"]
+        assert seen_by_owner["acknowledged_by"] == acked["acknowledged_by"]  # one alert, not a copy
+
+        reply = _ask(on[1], "POST", "/v1/chat", OPERATOR_KEY, {"message": "any alerts?"})
+        assert alert["id"] in reply["reply"], reply
+
+        on[1].request("GET", "/v1/alerts/stream", headers=_auth(OPERATOR_KEY))
+        stream = on[1].getresponse()
+        assert stream.status == 200
+        lines: list[bytes] = []
+        while not lines or lines[-1] != b"\n":  # the first event ends with a blank line
+            lines.append(stream.fp.readline())
+        event = b"".join(lines).decode()
+        assert "event: snapshot" in event and alert["id"] in event
+
+
+def test_a_client_key_gets_403_for_alerts_on_every_worker(site_factory: SiteFactory) -> None:
+    site = site_factory(env=ALWAYS_BUSY, args=TWO)
+    with connections(site) as opened:
+        for conn in _on_each_worker(site, opened).values():
+            conn.request("GET", "/v1/alerts", headers=_auth(CLIENT_KEY))
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            assert response.status == 403, body

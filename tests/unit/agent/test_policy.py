@@ -9,9 +9,12 @@ from strands.types.tools import AgentTool
 from agent.limits import MutationLimiter
 from agent.policy import TOOL_EFFECTS, Caller, ToolPolicy, classify
 from agent.scopes import scope_for
+from monitoring.alert_desk import LocalAlertDesk
+from monitoring.alert_service import AlertService
+from monitoring.alerts import AlertEngine
 from tests.support.swarm_backend import MemorySwarm, site
 from tests.support.workloads import StaticRuntime
-from tools import cache_manager, container_ops, swarm_ops
+from tools import alert_ops, cache_manager, container_ops, swarm_ops
 from tools.caches.memory import MemoryCache
 from tools.metrics_monitor import MetricsMonitor, RequestLog, metrics_monitor_tool
 from tools.probes import GpuProbe, HostProbe
@@ -81,6 +84,12 @@ ACTION_TOOLS: dict[str, tuple[Any, frozenset[str], frozenset[str], frozenset[str
         swarm_ops.SWARM_MUTATIONS,
         swarm_ops.SWARM_DESTRUCTIVE,
     ),
+    "alert_ops": (
+        alert_ops.AlertAction,
+        alert_ops.ALERT_READS,
+        alert_ops.ALERT_MUTATIONS,
+        alert_ops.ALERT_DESTRUCTIVE,
+    ),
 }
 ZERO_REPLICAS_DESTRUCTIVE = {
     "container_ops": (
@@ -105,6 +114,7 @@ def _site_tools(tmp_path: Path) -> dict[str, AgentTool]:
         cache_manager.cache_manager_tool(cache_manager.CacheManager(MemoryCache(10))),
         metrics_monitor_tool(MetricsMonitor(HostProbe(tmp_path), GpuProbe(), RequestLog())),
         swarm_ops.swarm_ops_tool(MemorySwarm([site("site-1")], ["sensor"])),
+        alert_ops.alert_ops_tool(LocalAlertDesk(AlertService(AlertEngine([])), "site-1"), lambda _: ""),
     ]
     return {t.tool_name: t for t in tools}
 
@@ -138,6 +148,7 @@ def test_the_tools_take_exactly_the_actions_their_module_defines(tmp_path: Path)
     assert container_ops.CONTAINER_ACTIONS == set(get_args(container_ops.ContainerAction))
     assert cache_manager.CACHE_ACTIONS == set(get_args(cache_manager.CacheAction))
     assert swarm_ops.SWARM_ACTIONS == set(get_args(swarm_ops.SwarmAction))
+    assert alert_ops.ALERT_ACTIONS == set(get_args(alert_ops.AlertAction))
     assert container_ops.CONTAINER_SERVICE_ACTIONS <= container_ops.CONTAINER_ACTIONS
     # metrics_monitor has no actions to classify: every call of it reads.
     assert "action" not in tools["metrics_monitor"].tool_spec["inputSchema"]["json"]["properties"]

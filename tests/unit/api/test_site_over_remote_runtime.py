@@ -41,8 +41,7 @@ async def test_a_worker_site_serves_from_the_supervisors_runtime_and_starts_noth
         await server.start()
         remote = RemoteRuntime({}, set(), "t", tmp_path / "rt.sock", TOKEN)
         counters = LocalLoadCounters()
-        site = Site.build(settings, runtime=remote, counters=counters)
-        site.worker_index, site.worker_count = 1, 3
+        site = Site.build(settings, runtime=remote, counters=counters, worker=(1, 3))
         app = create_app(settings, site)
         try:
             await site.start()

@@ -19,6 +19,11 @@ from strands.types.tools import AgentTool
 
 from agent.models import RulesModel
 from agent.policy import CALLER_KEY, Caller, ToolPolicy
+from config.settings import AlertRule
+from monitoring.alert_desk import LocalAlertDesk
+from monitoring.alert_service import AlertService
+from monitoring.alerts import AlertEngine, Reading
+from tools.alert_ops import alert_ops_tool
 from tools.cache_manager import CacheManager, cache_manager_tool
 from tools.caches.memory import MemoryCache
 from tools.container_ops import container_ops_tool
@@ -207,6 +212,10 @@ FIRST_CALLS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
             )
         ],
     ),
+    ("any alerts?", [("alert_ops", {"action": "list", "state": "active"})]),
+    ("show resolved alarms", [("alert_ops", {"action": "list", "state": "resolved"})]),
+    ("list all alerts", [("alert_ops", {"action": "list", "state": "all"})]),
+    ("ack alert 3f9c2e-4", [("alert_ops", {"action": "ack", "alert_id": "3f9c2e-4"})]),
     # Questions and negations never change the site: they read its status instead.
     ("should I restart sensor?", [("container_ops", {"action": "list", "service": "sensor"}), METRICS_ALL]),
     (
@@ -217,7 +226,7 @@ FIRST_CALLS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
 
 TEXT_ONLY: list[tuple[str, str]] = [
     ("make me a sandwich", "did not understand"),
-    ("any alerts?", "no alerts tool"),
+    ("acknowledge that alert", "need an alert id"),
     ("help", "I understand"),
     ("scale sensor", "need a replica count"),
     ("flush the cache", "need a namespace"),
@@ -647,3 +656,31 @@ async def test_prompt_injection_starts_nothing(site_tools: list[AgentTool], runt
         "(image 'evil:latest' is not in this site's image allowlist)."
     )
     assert [inst.id for inst in runtime.instances()] == ["sensor-1", "game-state-1"]
+
+
+async def test_alerts_are_listed_and_acknowledged_as_the_caller_on_the_real_engine() -> None:
+    service = AlertService(AlertEngine([AlertRule(name="cpu_high", metric="cpu_percent", high=90, for_s=0)]))
+    for _ in range(2):  # pending at the first look, firing at the next
+        service.evaluate([Reading("cpu_percent", "host", 97.0)])
+    [alert] = service.engine.active()
+    tool = alert_ops_tool(LocalAlertDesk(service, "site-1"), lambda state: state[CALLER_KEY].key_id)
+    agent = _agent([tool], hooks=[_policy()])
+    caller = Caller("s-1", frozenset({"client", "operator"}), key_id="key-7")
+
+    listed = str(await agent.invoke_async("any alerts?", invocation_state={CALLER_KEY: caller}))
+    assert f"{alert.id} warning cpu_high" in listed and "peak 97" in listed
+
+    acked = str(await agent.invoke_async(f"ack alert {alert.id}", invocation_state={CALLER_KEY: caller}))
+    assert acked.startswith(f"Acknowledged {alert.id}")
+    assert service.engine.active()[0].acknowledged_by == "key-7"
+
+
+async def test_a_client_key_cannot_acknowledge_an_alert_through_chat() -> None:
+    service = AlertService(AlertEngine([AlertRule(name="cpu_high", metric="cpu_percent", high=90, for_s=0)]))
+    for _ in range(2):  # pending at the first look, firing at the next
+        service.evaluate([Reading("cpu_percent", "host", 97.0)])
+    [alert] = service.engine.active()
+    agent = _agent([alert_ops_tool(LocalAlertDesk(service, "site-1"), lambda _: "x")], hooks=[_policy()])
+    reply = await _ask(agent, f"ack alert {alert.id}", scopes=frozenset({"client"}))
+    assert "needs an operator key" in reply
+    assert service.engine.active()[0].acknowledged_at is None
