@@ -328,10 +328,8 @@ class Dispatcher:
                     outcome = await self._forward(call, peer, deadline, timings)
                 elif bedrock is not None:
                     outcome = await self._ask_bedrock(call, deadline, timings, cache_key, service)
-                elif cloud is not None and self.cloud is not None:
-                    sent = time.perf_counter()
-                    outcome = await self.cloud.forward(call, cloud, deadline)
-                    timings["cloud"] = _ms(sent, time.perf_counter())
+                elif cloud is not None:
+                    outcome = await self._to_cloud(call, cloud, deadline, timings)
             elif outcome.tier == "local" and outcome.status == 502 and not call.forwarded:
                 # The local model failed before answering (its server is down, or it broke off):
                 # an `llm` service's question can still go to Bedrock within what is left.
@@ -340,9 +338,7 @@ class Dispatcher:
         elif decision.tier == "cloud" and decision.bedrock is not None and self.bedrock is not None:
             outcome = await self._ask_bedrock(call, deadline, timings, cache_key, service)
         elif decision.tier == "cloud" and decision.cloud is not None and self.cloud is not None:
-            sent = time.perf_counter()
-            outcome = await self.cloud.forward(call, decision.cloud, deadline)
-            timings["cloud"] = _ms(sent, time.perf_counter())
+            outcome = await self._to_cloud(call, decision.cloud, deadline, timings)
             if (
                 decision.instance is not None
                 and outcome.status in (502, 503)
@@ -387,7 +383,8 @@ class Dispatcher:
 
     async def _hedged(self, job: _Job, cache_key: str, hedge_at: float) -> Outcome:
         """A cacheable request's local call, hedged: if it has not answered by `hedge_at`, the same
-        request also goes to a peer that can answer in what is left, and the first 200 wins.
+        request also goes to a peer that can answer in what is left (in cloud mode, to the cloud
+        endpoint first: every peer is busy then), and the first 200 wins.
 
         After "The Tail at Scale" (Dean and Barroso, 2013): a request still unanswered well past
         its expected time is the tail, and a second copy elsewhere cuts it for a few percent more
@@ -397,11 +394,24 @@ class Dispatcher:
         paid from `self.hedges` (at most a tenth of the hedgeable requests, over time).
         """
 
-        def to_a_peer() -> Coroutine[Any, Any, Outcome] | None:
+        def elsewhere() -> Coroutine[Any, Any, Outcome] | None:
+            if job.view.cloud_spill:  # cloud mode: the swarm is saturated, so the cloud is the spare
+                cloud = self._cloud_for(job.view, job.service.name, job.deadline)
+                if cloud is not None:
+                    return self._to_cloud(job.call, cloud, job.deadline, job.timings)
             peer = self._peer_for(job.view, job.service.name, job.deadline)
             return None if peer is None else self._forward(job.call, peer, job.deadline, job.timings)
 
-        return await self._race(self._call_once_per_key(job, cache_key), to_a_peer, hedge_at)
+        return await self._race(self._call_once_per_key(job, cache_key), elsewhere, hedge_at)
+
+    async def _to_cloud(
+        self, call: ClientCall, choice: CloudChoice, deadline: float, timings: dict[str, float]
+    ) -> Outcome:
+        assert self.cloud is not None  # `_cloud_for` offers a choice only with a forwarder
+        sent = time.perf_counter()
+        outcome = await self.cloud.forward(call, choice, deadline)
+        timings["cloud"] = _ms(sent, time.perf_counter())
+        return outcome
 
     async def _race(
         self,

@@ -17,6 +17,7 @@ from agent.hedging import HedgeBudget
 from agent.inflight import LocalLoadCounters
 from agent.upstream import UpstreamPool
 from agent.view import PeerChoice, ServiceView, View
+from swarm.cloud import CloudChoice, CloudCompute
 from tests.support.workloads import ScriptedWorkload, StaticRuntime, instance_for
 from tools.cache_manager import CacheManager
 from tools.caches.memory import MemoryCache
@@ -71,6 +72,20 @@ class PeerSite:
         return Outcome(200, call.service, "peer", "p-1", result_json=b'{"from":"peer"}', site=peer.site_id)
 
 
+class CloudSite:
+    """The cloud tier at the dispatcher's edge: the real `CloudCompute` choice over one endpoint,
+    and a forwarder that answers every call (the HTTP exchange itself is tested against a real
+    endpoint in tests/integration/test_cloud_compute.py)."""
+
+    def __init__(self) -> None:
+        self.endpoints = CloudCompute({"svc": "http://127.0.0.1:9/svc"}, assumed_rtt_ms=1.0)
+        self.forwarded: list[ClientCall] = []
+
+    async def forward(self, call: ClientCall, choice: CloudChoice, deadline: float) -> Outcome:
+        self.forwarded.append(call)
+        return Outcome(200, call.service, "cloud", choice.target, result_json=b'{"from":"cloud"}')
+
+
 @pytest.fixture
 async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
     opened: list[ScriptedWorkload] = []
@@ -85,6 +100,8 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
         peer: PeerSite | None = None,
         spill_share: float = 1.0,
         hedge_share: float | None = None,
+        cloud: CloudSite | None = None,
+        cloud_mode: bool = False,
     ) -> Rig:
         instances = []
         workloads = []
@@ -116,9 +133,13 @@ async def make_rig() -> AsyncIterator[Callable[..., asyncio.Future[Rig]]]:
                 choose_peer=peer,
                 spill_share=spill_share,
                 hedge_share=hedge_share,
+                cloud=None if cloud is None else cloud.endpoints,
+                cloud_spill=cloud_mode,
             )
 
-        dispatcher = Dispatcher(view_for, cache, runtime, RequestLog(), pool, admission, forwarder=peer)
+        dispatcher = Dispatcher(
+            view_for, cache, runtime, RequestLog(), pool, admission, forwarder=peer, cloud=cloud
+        )
         return Rig(dispatcher, runtime, cache, workloads)
 
     try:
@@ -444,6 +465,24 @@ async def test_a_slow_call_waits_for_its_instance_once_the_hedge_budget_is_spent
     assert not waiting.done() and peer.forwarded == []
     rig.workloads[0].release.set()
     assert (await waiting).tier == "local"
+
+
+async def test_in_cloud_mode_a_slow_call_is_hedged_to_the_cloud_not_to_a_busy_peer(make_rig) -> None:
+    peer, cloud = PeerSite(), CloudSite()
+    rig = await make_rig(peer=peer, hedge_share=0.01, cloud=cloud, cloud_mode=True)
+    hedged = await rig.serve({"mode": "hold"})
+    assert (hedged.status, hedged.tier) == (200, "cloud")
+    assert [call.payload for call in cloud.forwarded] == [{"mode": "hold"}] and peer.forwarded == []
+    assert (rig.dispatcher.hedged, rig.dispatcher.hedges_won) == (1, 1)
+    rig.workloads[0].release.set()
+
+
+async def test_out_of_cloud_mode_a_slow_call_is_hedged_to_a_peer(make_rig) -> None:
+    peer, cloud = PeerSite(), CloudSite()
+    rig = await make_rig(peer=peer, hedge_share=0.01, cloud=cloud, cloud_mode=False)
+    hedged = await rig.serve({"mode": "hold"})
+    assert (hedged.status, hedged.tier) == (200, "peer") and cloud.forwarded == []
+    rig.workloads[0].release.set()
 
 
 class TwoPeers(PeerSite):
