@@ -264,9 +264,10 @@ def bench(workdir: Path, quick: bool, report: dict[str, Any]) -> None:
         print(f"measuring: 3 x {capacity:.0f} = {rate:.0f} req/s with the cloud ({CLOUD_LATENCY_MS} ms) ...")
         warm = spread_run(swarm, gens, "3x warm-up", rate, warm_s)
         states_before = _states(swarm)
+        count = 1 if quick else ROUNDS
         rounds = [
-            run_json(spread_run(swarm, gens, f"3x with cloud, round {n + 1}/{ROUNDS}", rate, measure_s))
-            for n in range(1 if quick else ROUNDS)
+            run_json(spread_run(swarm, gens, f"3x with cloud, round {n + 1}/{count}", rate, measure_s))
+            for n in range(count)
         ]
         report["cloud_3x"] = {
             "rate_rps": rate,
@@ -363,10 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             f"\noverload states before / after the measured run: {over['overload_states_before']} / {over['overload_states_after']}"
         )
         print(f"requests the cloud stand-in received: {over['cloud_received']}")
-        cpu = over["run"]["cpu"]
-        print(
-            f"CPU during the measured run (% of one core): {cpu['core_pct']}; machine busy {cpu['machine_busy_pct']} %"
-        )
+        for number, measured in enumerate(over["rounds"], 1):
+            cpu = measured["cpu"]
+            print(
+                f"CPU during round {number} (% of one core): {cpu['core_pct']}; "
+                f"machine busy {cpu['machine_busy_pct']} %"
+            )
     print()
     print(table(["target", "wanted", "measured", "result"], rows))
     print(f"\nwrote {RESULTS_FILE.relative_to(REPO_DIR)} ({report['duration_s']:.0f} s in all)")
