@@ -50,6 +50,7 @@ for path in (REPO_DIR, BENCH_DIR):
 
 import httpx  # noqa: E402
 from openloop import Command  # noqa: E402
+from progress import Progress  # noqa: E402
 from site_bench import machine_load, table  # noqa: E402
 from swarm_bench import (  # noqa: E402
     CAPACITY_CPUS,
@@ -223,7 +224,9 @@ def bench(workdir: Path, quick: bool, report: dict[str, Any]) -> None:
     endpoint = CloudEndpoint().start()
     swarm: Swarm | None = None
     gens: Generators | None = None
+    progress = Progress(4)
     try:
+        progress.step("starting the cloud stand-in and 3 sites")
         env = {
             **OVERLOAD_ENV,
             "MEC_SERVICES__INFERENCE__CLOUD_URL": endpoint.url(),
@@ -239,6 +242,7 @@ def bench(workdir: Path, quick: bool, report: dict[str, Any]) -> None:
         place(swarm, CAPACITY_SERVICE, dict.fromkeys(SITE_IDS, 1), [("scale", 3)])
         gens = Generators(len(SITE_IDS))
 
+        progress.step("the swarm's local capacity")
         print("measuring: the swarm's local capacity (cloud endpoint dropping connections) ...", flush=True)
         endpoint.control(fail="close")
         spread_run(swarm, gens, "warm-up", 20.0, 3.0)  # connections, pools, the instances' caches
@@ -260,6 +264,7 @@ def bench(workdir: Path, quick: bool, report: dict[str, Any]) -> None:
         endpoint.control(fail="none", latency_ms=CLOUD_LATENCY_MS, reset=True)
         time.sleep(1.5)  # each breaker may half-open after its 1 s; the warm-up's first calls close it
         rate = 3 * capacity
+        progress.step("3x capacity with the cloud")
         warm_s, measure_s = (6.0, 6.0) if quick else (12.0, 15.0)
         print(f"measuring: 3 x {capacity:.0f} = {rate:.0f} req/s with the cloud ({CLOUD_LATENCY_MS} ms) ...")
         warm = spread_run(swarm, gens, "3x warm-up", rate, warm_s)
@@ -280,9 +285,12 @@ def bench(workdir: Path, quick: bool, report: dict[str, Any]) -> None:
         }
         gens.stop()
         gens = None
+        progress.step("a dead cloud endpoint")
         print("measuring: a dead cloud endpoint (sensor has only the cloud) ...", flush=True)
         report["breaker"] = breaker_phase(swarm, endpoint, 5.0 if quick else 10.0)
+        progress.finish()
     finally:
+        progress.close()
         if gens is not None:
             gens.stop()
         if swarm is not None:

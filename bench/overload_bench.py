@@ -58,6 +58,7 @@ from typing import Any
 import psutil
 from loadgen import request_body
 from openloop import Command, body
+from progress import Progress
 from site_bench import (
     BENCH_DIR,
     HOST,
@@ -640,50 +641,6 @@ def workers_compare(
     one, two = found["1"]["throughput_rps"], found["2"]["throughput_rps"]
     found["ratio"] = round(two / one, 3) if one else 0.0
     return found
-
-
-# --- progress ------------------------------------------------------------------------------------
-
-
-class Progress:
-    """A tqdm bar on stderr (a plain line per step when tqdm is not installed)."""
-
-    def __init__(self, total: int) -> None:
-        self.done = 0
-        self.total = total
-        try:
-            from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
-        except ImportError:
-            self.bar: Any = None
-        else:
-            self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
-
-    def step(self, what: str) -> None:
-        if self.done:
-            self._advance()
-        self.done += 1
-        if self.bar is not None:
-            self.bar.set_description(what)
-        else:
-            print(f"[{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
-
-    def _advance(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def note(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def finish(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.total - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # --- checks and report ---------------------------------------------------------------------------

@@ -100,6 +100,7 @@ if str(REPO_DIR) not in sys.path:
 import psutil  # noqa: E402
 from openloop import Command  # noqa: E402
 from overload_bench import _is_workload, _ms, _pump_lines  # noqa: E402
+from progress import Progress  # noqa: E402
 from site_bench import HOST, _get, _post, busy_shares, machine_load, table  # noqa: E402
 
 from api.launcher import ChildProcess, NotReadyError, SiteProcess, generated_key  # noqa: E402
@@ -1530,8 +1531,10 @@ def bench(workdir: Path, profile: Profile, kills: int, report: dict[str, Any]) -
     settings = report["settings"]
     swarm = Swarm(workdir, settings["runtime"], settings["capacity_cpus"], settings["cpu_period_ms"])
     gens: Generators | None = None
+    progress = Progress(5)
     try:
         started = time.monotonic()
+        progress.step("starting 3 sites")
         print("starting 3 sites ...", flush=True)
         for sid in SITE_IDS:
             swarm.launch(sid)
@@ -1540,7 +1543,9 @@ def bench(workdir: Path, profile: Profile, kills: int, report: dict[str, Any]) -
         report["first_leader"] = swarm.settled()
         report["startup_s"] = round(time.monotonic() - started, 2)
         gens = Generators(MAX_GENERATOR_PROCS)
+        progress.step("forwarding")
         report["forwarding"] = forwarding_summary(forwarding_phase(swarm, gens, profile))
+        progress.step("one site's capacity")
         cap = capacity_phase(swarm, gens, profile)
         report["capacity"] = {
             "capacity_rps": cap["capacity_rps"],
@@ -1550,6 +1555,7 @@ def bench(workdir: Path, profile: Profile, kills: int, report: dict[str, Any]) -
                 {"run": run_json(s["run"]), "passed": s["passed"], "retry": s["retry"]} for s in cap["steps"]
             ],
         }
+        progress.step("2x capacity")
         if cap["capacity_rps"] > 0:
             over = overload_phase(swarm, gens, profile, cap["capacity_rps"])
             report["overload"] = {
@@ -1562,12 +1568,15 @@ def bench(workdir: Path, profile: Profile, kills: int, report: dict[str, Any]) -
             report["overload"] = None
         gens.stop()
         gens = None
+        progress.step("leader kills")
         report["failover"] = {"kills": [asdict(k) for k in failover_phase(swarm, kills)]}
+        progress.finish()
     except (RuntimeError, NotReadyError, AssertionError):
         for sid in SITE_IDS:
             print(f"--- {sid} log tail ---\n{swarm.tail(sid)}", file=sys.stderr)
         raise
     finally:
+        progress.close()
         if gens is not None:
             gens.stop()
         swarm.stop_all()
