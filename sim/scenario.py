@@ -181,8 +181,17 @@ class Scenario(BaseModel):
         duration_s: float | None = None,
         seed: int | None = None,
     ) -> Scenario:
-        """This scenario with the command line's overrides, validated again."""
+        """This scenario with the command line's overrides, validated again.
+
+        New `sites` without `devices` keeps the devices per site (so the load per site stays what
+        the scenario describes); a new `duration_s` shorter than 5 × the warm-up shortens the
+        warm-up to a fifth of it.
+        """
         data = self.model_dump()
+        if sites is not None and devices is None:
+            devices = max(1, round(self.devices * sites / self.sites))
+        if duration_s is not None:
+            data["warmup_s"] = min(self.warmup_s, duration_s / 5)
         for key, value in (
             ("sites", sites),
             ("devices", devices),
