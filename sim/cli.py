@@ -33,7 +33,7 @@ def run_policies(scenario: Scenario, names: Sequence[str], progress: bool = Fals
     results: dict[str, Metrics] = {}
     bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
         bar = tqdm(total=scenario.duration_s * len(names), unit="sim-s", file=sys.stderr, dynamic_ncols=True)
     try:
