@@ -104,7 +104,8 @@ class ProfileSpec(BaseModel):
     """Share of the scenario's devices that are of this kind."""
     rate_per_device: Positive
     """Mean requests per second per device."""
-    arrivals: Literal["poisson", "bursty"] = "poisson"
+    arrivals: Literal["poisson", "bursty", "periodic"] = "poisson"
+    """`periodic`: exactly `rate` per second, evenly spaced (an open-loop load generator's schedule)."""
     burst: BurstSpec = BurstSpec()
     diurnal: DiurnalSpec = DiurnalSpec()
     budget_ms: Positive | None = None

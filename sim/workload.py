@@ -3,7 +3,7 @@
 A site's devices of one kind send `devices × rate_per_device` requests per second in all. That
 mean is modulated by a diurnal swing (a sine over `period_s`) and, for `bursty` profiles, by an
 on-off state (a two-state MMPP: exponential on and off periods; the on rate is `on_factor` × the
-mean, the off rate what keeps the mean). Arrivals are drawn by thinning a Poisson process at the
+mean, the off rate what keeps the mean); `periodic` ones are evenly spaced. Arrivals are drawn by thinning a Poisson process at the
 peak rate, so a rate that changes with time stays exact.
 """
 
@@ -46,6 +46,11 @@ def arrivals(stream: Stream, rng: random.Random, until_s: float) -> Iterator[flo
     """Arrival instants of `stream` (seconds, increasing) up to `until_s`."""
     profile = stream.profile
     if stream.rate <= 0:
+        return
+    if profile.arrivals == "periodic":
+        start = rng.uniform(0, 1 / stream.rate)
+        for n in range(math.ceil((until_s - start) * stream.rate)):
+            yield start + n / stream.rate
         return
     amplitude = profile.diurnal.amplitude
     period = profile.diurnal.period_s
