@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -26,26 +27,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", help="comma-separated: default,p2c,least-loaded,round-robin (all)")
     parser.add_argument("--out", type=Path, default=Path("sim-out"), help="where the JSON and PNG go")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="policies simulated at once, one process each (default 1)"
+    )
 
 
-def run_policies(scenario: Scenario, names: Sequence[str], progress: bool = False) -> dict[str, Metrics]:
-    """Each policy over the same topology and the same arrivals (same seed): its metrics."""
-    results: dict[str, Metrics] = {}
+def _run_one(scenario: Scenario, name: str) -> Metrics:
+    return Simulation(scenario, parse_policies(name)[0].balancer).run()
+
+
+def run_policies(
+    scenario: Scenario, names: Sequence[str], progress: bool = False, jobs: int = 1
+) -> dict[str, Metrics]:
+    """Each policy over the same topology and the same arrivals (same seed): its metrics. With
+    `jobs` > 1, that many policies at once in worker processes (the figures are the same)."""
     bar = None
     if progress:
         from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-        bar = tqdm(total=scenario.duration_s * len(names), unit="sim-s", file=sys.stderr, dynamic_ncols=True)
+        total = scenario.duration_s * len(names) if jobs <= 1 else len(names)
+        unit = "sim-s" if jobs <= 1 else "policy"
+        bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
     try:
+        if jobs > 1:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(names))) as pool:
+                futures = {name: pool.submit(_run_one, scenario, name) for name in names}
+                results = {}
+                for name, future in futures.items():
+                    results[name] = future.result()
+                    if bar is not None:
+                        bar.update(1)
+                return results
+        results = {}
         for name in names:
             if bar is not None:
                 bar.set_description(name)
             sim = Simulation(scenario, parse_policies(name)[0].balancer)
             results[name] = sim.run(None if bar is None else bar.update)
+        return results
     finally:
         if bar is not None:
             bar.close()
-    return results
 
 
 def main(args: argparse.Namespace) -> int:
@@ -64,7 +86,9 @@ def main(args: argparse.Namespace) -> int:
         f"offered {probe.offered_rps():,.0f} req/s"
     )
     started = time.perf_counter()
-    results = run_policies(scenario, [p.name for p in policies], progress=not args.no_progress)
+    results = run_policies(
+        scenario, [p.name for p in policies], progress=not args.no_progress, jobs=max(1, args.jobs)
+    )
     wall_s = time.perf_counter() - started
     print(table(results))
     print(f"wall time {wall_s:.1f} s for {len(policies)} policies")
