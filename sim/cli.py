@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, help="override the scenario's number of devices")
     parser.add_argument("--duration", type=float, help="simulated seconds (override)")
     parser.add_argument("--seed", type=int, help="the seed of every random draw (override)")
+    parser.add_argument("--max-peers", type=int, help="each site peers with its nearest N sites (override)")
     parser.add_argument("--policies", help="comma-separated: default,p2c,least-loaded,round-robin (all)")
     parser.add_argument("--out", type=Path, default=Path("sim-out"), help="where the JSON and PNG go")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -73,7 +74,11 @@ def run_policies(
 def main(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(args.scenario).with_overrides(
-            sites=args.sites, devices=args.devices, duration_s=args.duration, seed=args.seed
+            sites=args.sites,
+            devices=args.devices,
+            duration_s=args.duration,
+            seed=args.seed,
+            max_peers=args.max_peers,
         )
         policies = parse_policies(args.policies)
     except (ValidationError, ValueError, OSError) as exc:

@@ -181,14 +181,17 @@ class Scenario(BaseModel):
         devices: int | None = None,
         duration_s: float | None = None,
         seed: int | None = None,
+        max_peers: int | None = None,
     ) -> Scenario:
         """This scenario with the command line's overrides, validated again.
 
         New `sites` without `devices` keeps the devices per site (so the load per site stays what
         the scenario describes); a new `duration_s` shorter than 5 × the warm-up shortens the
-        warm-up to a fifth of it.
+        warm-up to a fifth of it. `max_peers`: each site's peers are its nearest that many.
         """
         data = self.model_dump()
+        if max_peers is not None:
+            data["swarm"]["max_peers"] = max_peers
         if sites is not None and devices is None:
             devices = max(1, round(self.devices * sites / self.sites))
         if duration_s is not None:
