@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
         help="build the workload images for MEC_RUNTIME=docker (offline; see `mec images -- --help`)",
     )
     images.add_argument("options", nargs=argparse.REMAINDER, help="options of tools.runtimes.images")
+    sim = sub.add_parser("sim", help="simulate a swarm under each balancing policy (a table and a plot)")
+    sim.add_argument(
+        "sim_options", nargs=argparse.REMAINDER, help="options of the simulator (`mec sim --help`)"
+    )
     return parser
 
 
@@ -154,6 +158,11 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:  # its own parser (the simulator is imported only when asked for)
+        from sim.cli import run as run_sim
+
+        return run_sim(argv[1:])
     args = _parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", "info"))
     if args.command == "serve":

@@ -1,0 +1,76 @@
+"""What one simulated run measured, and the figures the report shows."""
+
+from __future__ import annotations
+
+import math
+from array import array
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal["local", "peer", "cloud", "reject"]
+
+
+@dataclass(slots=True)
+class Metrics:
+    """Counts of every counted request by where it was served, and the latencies of the answered."""
+
+    requests: int = 0
+    local: int = 0
+    peer: int = 0
+    cloud: int = 0
+    rejected: int = 0
+    """Not answered: a 503 from plan(), a gate's refusal with nowhere else to go, a queue time-out."""
+    late: int = 0
+    """Answered after the request's budget."""
+    latencies_ms: array[float] = field(default_factory=lambda: array("d"))
+
+    def record(self, outcome: Outcome, latency_ms: float, budget_ms: float) -> None:
+        self.requests += 1
+        if outcome == "reject":
+            self.rejected += 1
+            return
+        if outcome == "local":
+            self.local += 1
+        elif outcome == "peer":
+            self.peer += 1
+        else:
+            self.cloud += 1
+        self.latencies_ms.append(latency_ms)
+        if latency_ms > budget_ms:
+            self.late += 1
+
+    def _share(self, count: int) -> float:
+        return count / self.requests if self.requests else 0.0
+
+    @property
+    def violation_rate(self) -> float:
+        """SLA violations (answered past budget, or not answered) over all counted requests."""
+        return self._share(self.late + self.rejected)
+
+    @property
+    def cloud_fraction(self) -> float:
+        return self._share(self.cloud)
+
+    @property
+    def peer_fraction(self) -> float:
+        return self._share(self.peer)
+
+    def percentile_ms(self, pct: float) -> float:
+        """Nearest-rank percentile of the answered requests' latency (NaN with none)."""
+        values = sorted(self.latencies_ms)
+        if not values:
+            return math.nan
+        rank = max(1, math.ceil(pct / 100 * len(values)))
+        return values[rank - 1]
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "requests": self.requests,
+            "sla_violation_rate": round(self.violation_rate, 6),
+            "p50_ms": round(self.percentile_ms(50), 3),
+            "p99_ms": round(self.percentile_ms(99), 3),
+            "cloud_fraction": round(self.cloud_fraction, 6),
+            "peer_fraction": round(self.peer_fraction, 6),
+            "rejected": self.rejected,
+            "late": self.late,
+        }
