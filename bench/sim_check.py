@@ -7,9 +7,12 @@ writes `bench/results/sim-check-latest.json`. Exit 0 (it reports; it does not ju
 Method
 ------
 1. Three `mec serve` processes of this checkout on loopback, peers of each other, with the
-   embedded defaults (default balancer, spill share 0.25) and the local runtime
-   (`bench/swarm_bench.py`'s `Swarm`: Docker's CPU limit is not needed here, and not every
-   machine has Docker). `inference` is scaled to one replica per site.
+   embedded defaults (default balancer, spill share 0.25), `bench/swarm_bench.py`'s `Swarm`.
+   `--runtime docker` (the default) runs each `inference` instance as a container limited to
+   0.25 CPU per 10 ms period, as swarm_bench does, so each site has a capacity of its own, as
+   each simulated site has; `--runtime local` runs plain processes, which share the machine's
+   cores (and then the sites are starved together, which the simulator does not model).
+   `inference` is scaled to one replica per site.
 2. Per rate: an open-loop load of `inference` requests (each a distinct 48-word text, never a
    cache hit), budget 200 ms, sent to site-1 only, evenly spaced (`bench/openloop.py`, through
    `swarm_bench`'s generator processes). Measured: the share of scheduled requests not answered
@@ -120,17 +123,26 @@ def _peer_pct(summary: dict[str, Any]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", default="150,300", help="offered rates to site-1, req/s")
+    parser.add_argument("--runtime", choices=("docker", "local"), default="docker")
+    parser.add_argument(
+        "--rates", default=None, help="offered rates to site-1, req/s (default 40,80,120; local: 150,300)"
+    )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per rate")
     args = parser.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
+    default_rates = "40,80,120" if args.runtime == "docker" else "150,300"
+    rates = [float(r) for r in (args.rates or default_rates).split(",")]
     random.seed(1)
-    report: dict[str, Any] = {"rates": [], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    report: dict[str, Any] = {
+        "rates": [],
+        "runtime": args.runtime,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     with tempfile.TemporaryDirectory(prefix="sim-check-") as tmp:
-        swarm = sb.Swarm(Path(tmp), "local", sb.CAPACITY_CPUS, None)
+        docker = args.runtime == "docker"
+        swarm = sb.Swarm(Path(tmp), args.runtime, sb.CAPACITY_CPUS, sb.CPU_PERIOD_MS if docker else None)
         gens: sb.Generators | None = None
         try:
-            print("starting 3 sites (local runtime) ...", flush=True)
+            print(f"starting 3 sites ({args.runtime} runtime) ...", flush=True)
             for sid in sb.SITE_IDS:
                 swarm.launch(sid)
             for sid in sb.SITE_IDS:
