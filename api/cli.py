@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
         help="build the workload images for MEC_RUNTIME=docker (offline; see `mec images -- --help`)",
     )
     images.add_argument("options", nargs=argparse.REMAINDER, help="options of tools.runtimes.images")
+    sub.add_parser(
+        "eval",
+        help="score the operator agent or the router on the evaluation suites (see `mec eval --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -154,6 +159,12 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:
+        # Its options are its own (evals.cli); imported only here, so `mec serve` never loads it.
+        from evals.cli import main as run_eval
+
+        return run_eval(argv[1:])
     args = _parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", "info"))
     if args.command == "serve":

@@ -42,10 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-id", help="the model id (OpenAI-compatible or Bedrock)")
     parser.add_argument("--model-timeout-s", type=float, help="one model call's limit (MEC_MODEL_TIMEOUT_S)")
     parser.add_argument("--case", action="append", default=[], help="only this case id (repeatable)")
+    parser.add_argument("--category", action="append", default=[], help="only this category (repeatable)")
     parser.add_argument(
-        "--category", action="append", default=[], help="only this category (repeatable)"
+        "--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     parser.add_argument("--name", help="report file stem (default SUITE-MODEL)")
     parser.add_argument("--no-chart", action="store_true", help="write no PNG")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"))
@@ -80,7 +80,9 @@ def _select(cases: Sequence[ChatCase], ids: Sequence[str], categories: Sequence[
         raise SystemExit(f"mec eval: unknown case id(s): {', '.join(unknown)}")
     bad = sorted(set(categories) - set(CHAT_CATEGORIES))
     if bad:
-        raise SystemExit(f"mec eval: unknown categories: {', '.join(bad)} (known: {', '.join(CHAT_CATEGORIES)})")
+        raise SystemExit(
+            f"mec eval: unknown categories: {', '.join(bad)} (known: {', '.join(CHAT_CATEGORIES)})"
+        )
     return [
         case
         for case in cases

@@ -50,7 +50,9 @@ class ActualCall:
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> ActualCall:
-        return cls(str(record.get("name", "")), dict(record.get("input") or {}), str(record.get("status", "")))
+        return cls(
+            str(record.get("name", "")), dict(record.get("input") or {}), str(record.get("status", ""))
+        )
 
 
 def constraint_holds(constraint: ArgConstraint, args: Mapping[str, Any], name: str) -> bool:
@@ -83,7 +85,9 @@ def call_matches(expected: ExpectedCall, actual: ActualCall) -> bool:
 
 def exact_match(expected: Sequence[ExpectedCall], actual: Sequence[ActualCall]) -> bool:
     """The calls match the expected ones one to one, in order, with nothing else."""
-    return len(expected) == len(actual) and all(call_matches(e, a) for e, a in zip(expected, actual, strict=True))
+    return len(expected) == len(actual) and all(
+        call_matches(e, a) for e, a in zip(expected, actual, strict=True)
+    )
 
 
 def in_order_match(expected: Sequence[ExpectedCall], actual: Sequence[ActualCall]) -> bool:
@@ -218,7 +222,9 @@ def score_trial(
         output_tokens=int(usage.get("output_tokens", 0)),
         total_tokens=int(usage.get("total_tokens", 0)),
         error=error,
-        calls=tuple(f"{call.tool}({call.args.get('action') or call.args.get('section') or ''})" for call in actual),
+        calls=tuple(
+            f"{call.tool}({call.args.get('action') or call.args.get('section') or ''})" for call in actual
+        ),
         end_state_detail=tuple(f"{'ok' if held else 'FAILED'}: {what}" for what, held in end_state),
     )
 

@@ -121,7 +121,7 @@ def chart(report: Mapping[str, Any], path: Path) -> None:
     if report["suite"] == "chat" and k > 1:
         last = [(lookup(metrics, "pass^k", k) or 0) * 100 for _, metrics in categories]
         right.barh(names[::-1], last[::-1], color="#a5553b", height=0.4, label=f"pass^{k}")
-        right.legend(loc="lower right", fontsize=8)
+        right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8)
     right.set_xlim(0, 100)
     right.set_xlabel("%")
     right.set_title("success by category")

@@ -105,9 +105,14 @@ def build_view(case: RoutingCase, services: Mapping[str, ServiceView]) -> View:
     service = case.request.service
     instances = [
         Instance(
-            id=inst.id, service=service, host="127.0.0.1", port=20_000 + i, image="mec-workloads:0.1",
-            gpu=inst.gpu, state="running",
-        )  # fmt: skip
+            id=inst.id,
+            service=service,
+            host="127.0.0.1",
+            port=20_000 + i,
+            image="mec-workloads:0.1",
+            gpu=inst.gpu,
+            state="running",
+        )
         for i, inst in enumerate(state.instances)
     ]
     return View(
@@ -115,7 +120,8 @@ def build_view(case: RoutingCase, services: Mapping[str, ServiceView]) -> View:
         services=services,
         instances={service: instances},
         loads={
-            inst.id: LoadFigures(inst.predicted_ms, inst.has_room, inst.outstanding) for inst in state.instances
+            inst.id: LoadFigures(inst.predicted_ms, inst.has_room, inst.outstanding)
+            for inst in state.instances
         },
         gpu_busy=state.gpu_busy,
         retry_after_s=1,

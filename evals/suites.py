@@ -53,9 +53,13 @@ class ArgConstraint(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ArgConstraint:
-        given = [name for name in ("equals", "contains", "one_of", "absent") if getattr(self, name) is not None]
+        given = [
+            name for name in ("equals", "contains", "one_of", "absent") if getattr(self, name) is not None
+        ]
         if len(given) != 1:
-            raise ValueError(f"an argument constraint sets exactly one of equals/contains/one_of/absent, not {given}")
+            raise ValueError(
+                f"an argument constraint sets exactly one of equals/contains/one_of/absent, not {given}"
+            )
         return self
 
 
