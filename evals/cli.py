@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-url", help="the OpenAI-compatible server's base URL (…/v1)")
     parser.add_argument("--model-id", help="the model id (OpenAI-compatible or Bedrock)")
     parser.add_argument("--model-timeout-s", type=float, help="one model call's limit (MEC_MODEL_TIMEOUT_S)")
+    parser.add_argument(
+        "--model-max-tokens", type=int, help="one answer's token limit (MEC_MODEL_MAX_TOKENS)"
+    )
     parser.add_argument("--case", action="append", default=[], help="only this case id (repeatable)")
     parser.add_argument("--category", action="append", default=[], help="only this category (repeatable)")
     parser.add_argument(
@@ -114,7 +117,9 @@ async def _run_chat(args: argparse.Namespace, cases: list[ChatCase]) -> dict[str
         where = args.url
     else:
         site = InProcessSite(
-            ModelChoice(args.model, args.model_url, args.model_id, args.model_timeout_s),
+            ModelChoice(
+                args.model, args.model_url, args.model_id, args.model_timeout_s, args.model_max_tokens
+            ),
         )
         where = "an in-process site (embedded defaults, local runtime, in-memory cache)"
     started = time.perf_counter()

@@ -17,6 +17,9 @@ Definitions (each pinned by `tests/unit/evals/test_metrics.py` on hand-computed 
   nothing was called; `ask_back` passes when no call that changes the site *ran* (reads, and
   calls the policy refused, are allowed) — plus the reply words, when the case names some.
 * **end-state success** (cases with end-state checks): every check held on the real site.
+* A turn that failed (the site answered an error: model timeout, truncated output, …) fails every
+  per-trial check that applies to its case: it neither matched, nor chose tools, nor stayed
+  quiet on purpose. Its end state is still read (it is the site's real state).
 * A trial *succeeds* when its expectation holds (exact or in-order match as the case says, or the
   irrelevance condition), its reply words are there, its end state holds, and the turn answered.
 * **pass^k** (τ-bench): for each case with n ≥ k trials of which c succeeded, C(c, k) / C(n, k)
@@ -198,6 +201,11 @@ def score_trial(
         selection = not actual
     satisfied, called = argument_counts(expected, actual)
     irrelevance = irrelevance_ok(expectation, actual, changes)
+    if error is not None:
+        exact = False if exact is not None else None
+        in_order = False if in_order is not None else None
+        selection = False if selection is not None else None
+        irrelevance = False if irrelevance is not None else None
     state_ok = all(held for _, held in end_state) if end_state else None
     if kind == "calls":
         met = bool(exact if expectation.match == "exact" else in_order)

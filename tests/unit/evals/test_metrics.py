@@ -214,3 +214,13 @@ def test_summary_micro_averages_arguments_and_sums_tokens() -> None:
     assert summary["tokens"] == {"input": 14, "output": 6, "total": 20, "mean_total_per_turn": 10.0}
     assert summary["latency_ms"] == {"p50": 10.0, "p95": 30.0}
     assert summary["irrelevance_accuracy"] is None and summary["end_state_success"] is None
+
+
+def test_a_failed_turn_fails_every_check_that_applies_even_without_calls() -> None:
+    quiet = score_trial(**trial({"no_tool": True}, [], error="HTTP 502: model_output_truncated"))  # type: ignore[arg-type]
+    assert not quiet.success and quiet.irrelevance is False and quiet.tool_selection is False
+    assert quiet.exact is None and quiet.in_order is None
+    spec = {"calls": [SCALE.model_dump()]}
+    failed = score_trial(**trial(spec, [], error="HTTP 504", end_state=[("sensor runs 1", True)]))  # type: ignore[arg-type]
+    assert failed.exact is False and failed.in_order is False and failed.tool_selection is False
+    assert failed.irrelevance is None and failed.end_state is True
