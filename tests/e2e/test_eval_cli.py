@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import OPERATOR_KEY
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -66,3 +68,22 @@ def test_routing_eval_is_all_correct_and_compare_prints_the_deltas(tmp_path: Pat
     compared = mec_eval("--compare", str(baseline), str(baseline))
     assert compared.returncode == 0, compared.stderr
     assert "success_rate" in compared.stdout and "B-A" in compared.stdout
+
+
+def test_chat_eval_against_a_live_site_checks_instances_over_rest_and_skips_setups(
+    site_factory, tmp_path: Path
+) -> None:
+    site = site_factory({"MEC_SERVICES__INFERENCE__REPLICAS": "0"})
+    done = mec_eval(
+        "--suite", "chat", "--url", site.url, "--key", OPERATOR_KEY,
+        "--case", "scale-sensor-to-2", "--case", "cache-get", "--case", "irrelevant-hello",
+        "--out", str(tmp_path), "--no-chart",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "chat-rules.json").read_text())
+    assert report["site"] == site.url
+    assert report["skipped"] == {"cache-get": "needs a setup this site cannot be given"}
+    cases = {case["id"]: case for case in report["cases"]}
+    assert cases["scale-sensor-to-2"]["end_state"] == ["ok: sensor runs 2 instance(s)"]
+    assert cases["scale-sensor-to-2"]["successes"] == 1
+    assert cases["irrelevant-hello"]["successes"] == 1
