@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "sim_options", nargs=argparse.REMAINDER, help="options of the simulator (`mec sim --help`)"
     )
+    sub.add_parser(
+        "eval",
+        help="score the operator agent or the router on the evaluation suites (see `mec eval --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -163,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         from sim.cli import run as run_sim
 
         return run_sim(argv[1:])
+    if argv[:1] == ["eval"]:
+        # Its options are its own (evals.cli); imported only here, so `mec serve` never loads it.
+        from evals.cli import main as run_eval
+
+        return run_eval(argv[1:])
     args = _parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", "info"))
     if args.command == "serve":
