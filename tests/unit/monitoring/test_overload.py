@@ -6,7 +6,7 @@ from monitoring.overload import OverloadMachine, handoff_hot
 
 def _run(machine: OverloadMachine, samples: list[tuple[bool, bool]], start: float = 0.0) -> list[str]:
     """One sample a second; the state after each change."""
-    seen = []
+    seen: list[str] = []
     for n, (hot, room) in enumerate(samples):
         change = machine.step(hot, room, start + n)
         if change is not None:
