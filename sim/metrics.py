@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from config.settings import OverloadState
 
@@ -76,7 +76,7 @@ class Metrics:
         rank = max(1, math.ceil(pct / 100 * len(values)))
         return values[rank - 1]
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "sla_violation_rate": round(self.violation_rate, 6),
