@@ -69,7 +69,8 @@ def plot(path: Path, title: str, results: Mapping[str, Metrics]) -> None:
         axes[3].bar(names, shares, bottom=bottom, label=state, color=colours[state])
         bottom = [b + v for b, v in zip(bottom, shares, strict=True)]
     axes[3].set_title("site-time by overload state (%)")
-    axes[3].legend()
+    axes[3].set_ylim(0, 118)
+    axes[3].legend(loc="upper center", ncol=3, fontsize="small")
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=20)
     fig.suptitle(title)
