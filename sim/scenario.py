@@ -148,7 +148,7 @@ class SwarmSpec(BaseModel):
     """Each site's peers are its nearest `max_peers` sites (None: every other site)."""
     sample_interval_s: Positive = Field(default_factory=lambda: _default("sample_interval_s"))
     """How often a site steps its overload state (the site's metrics sample)."""
-    request_window_s: Positive = 10.0
+    request_window_s: float = Field(default=10.0, ge=1)
     """The request log's window that the hand-off share is taken over (the site's: 10 s)."""
     overload_spill_share: Annotated[float, Field(gt=0, le=1)] = Field(
         default_factory=lambda: _default("overload_spill_share")
