@@ -33,7 +33,7 @@ from monitoring.alert_service import AlertService, AlertSink, JsonLogSink
 from monitoring.alert_store import RedisAlertStore
 from monitoring.alerts import AlertEngine
 from monitoring.archive import Archiver, archive_store
-from monitoring.overload import OverloadMachine
+from monitoring.overload import OverloadMachine, handoff_hot
 from monitoring.readings import site_readings
 from monitoring.sampler import Sampler
 from monitoring.tracing import Tracing, start_tracing
@@ -516,25 +516,18 @@ class Site:
     def step_overload(self, snapshot: MetricsSnapshot) -> None:
         """Move the overload state on this sample's alerts; commit a change of cloud mode.
 
-        Hot means an overload alert is firing, or the site hands more than a share of its
-        requests (last 10 s) to peers or the cloud: `overload_handoff_share` to become hot (a site
-        that cannot serve what it is offered is overloaded, whatever its own figures say: its
-        adaptive limits keep them in bounds), `overload_release_share` to stay hot (shedding
-        lowers the very figures that raised the alert, so the site steps back when its own
-        instances could take the load again, not as soon as the handing-off has worked)."""
+        Hot (`monitoring.overload.handoff_hot`) means an overload alert is firing, or the site
+        hands more than `overload_handoff_share` of its requests (last 10 s) to peers or the cloud
+        (`overload_release_share` to stay hot once shedding)."""
         metrics = set(self.settings.overload_alert_metrics)
-        hot = any(alert.metric in metrics for alert in self.alerts.engine.firing())
-        if not hot:
-            total = sum(row.requests for row in snapshot.requests)
-            handed = sum(
-                row.by_tier.get("peer", 0) + row.by_tier.get("cloud", 0) for row in snapshot.requests
-            )
-            share = (
-                self.settings.overload_handoff_share
-                if self.overload.state == "normal"
-                else self.settings.overload_release_share
-            )
-            hot = total > 0 and handed / total > share
+        hot = handoff_hot(
+            any(alert.metric in metrics for alert in self.alerts.engine.firing()),
+            sum(row.requests for row in snapshot.requests),
+            sum(row.by_tier.get("peer", 0) + row.by_tier.get("cloud", 0) for row in snapshot.requests),
+            self.overload.state,
+            self.settings.overload_handoff_share,
+            self.settings.overload_release_share,
+        )
         room = self.swarm is not None and self.swarm.peers_have_room()
         change = self.overload.step(hot, room, time.time())
         if change is None:

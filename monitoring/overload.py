@@ -27,6 +27,31 @@ from dataclasses import dataclass, field
 from config.settings import OverloadState
 
 
+def handoff_hot(
+    alert_hot: bool,
+    requests: int,
+    handed: int,
+    state: OverloadState,
+    handoff_share: float,
+    release_share: float,
+) -> bool:
+    """Whether a site is hot this sample: the `hot` input of `OverloadMachine.step`.
+
+    Hot when an overload alert is firing (`alert_hot`), or when the site handed more than a share
+    of its recent `requests` (the request log's window, 10 s) to peers or the cloud (`handed`: the
+    requests it served by tier `peer` or `cloud`): `handoff_share` to become hot while `normal`
+    (a site that cannot serve what it is offered is overloaded, whatever its own figures say: its
+    adaptive limits keep them in bounds), `release_share` to stay hot while shedding or in cloud
+    mode (shedding lowers the very figures that made it hot, so the site steps back when its own
+    instances could take the load again, not as soon as the handing-off has worked). No requests:
+    not hot (unless an alert says so).
+    """
+    if alert_hot:
+        return True
+    share = handoff_share if state == "normal" else release_share
+    return requests > 0 and handed / requests > share
+
+
 @dataclass(frozen=True, slots=True)
 class OverloadChange:
     """One change of state, and why."""

@@ -9,20 +9,30 @@ simulation's clock (`env.now`, seconds):
 * a `swarm.load_table.LoadTable` of its peers' reports, updated by simulated gossip every
   `gossip_interval_s` (a peer's report is as old as its last round: the staleness the policies
   are compared under), with RTT samples, and its own forwards counted (`forward_started`/`done`);
-* `swarm.cloud.CloudCompute` for the services' cloud endpoints (its EWMA of answer times).
+* `swarm.cloud.CloudCompute` for the services' cloud endpoints (its EWMA of answer times);
+* a `monitoring.overload.OverloadMachine` (normal → shedding → cloud), stepped every
+  `sample_interval_s` as `api.site.Site.step_overload` steps it: hot is
+  `monitoring.overload.handoff_hot` over the site's own request log of the last
+  `request_window_s` (requests finished here by tier, forwarded ones included, handed = tier
+  `peer` or `cloud`), peers have room when a fresh peer in its load table reports `normal`
+  (`SwarmNode.peers_have_room`); its state goes out in its load reports, as the real gossip's.
 
-Per request the site builds an `agent.view.View` (its instances, their gates as loads, the
-balancer over its load table as `choose_peer`, the default spill share) and calls
-`agent.router.plan()`; the plan is carried out as `agent.dispatch` does: local through the gate
-(slot now, else the site's queue with the request's deadline; refused → a peer the balancer
-picks, else the cloud, else a reject), peer (one forward; the peer plans it with `forwarded=True`;
-refused there → the local instance the plan named, if any), cloud, or reject.
+Per request the site builds an `agent.view.View` as `Site.view_for` does (its instances, their
+gates as loads, the balancer over its load table as `choose_peer`, the spill share of its
+overload state, `cloud_spill` in cloud mode) and calls `agent.router.plan()`; the plan is carried
+out as `agent.dispatch` does: local through the gate (slot now, else the site's queue with the
+request's deadline; refused → a peer the balancer picks, else the cloud, else a reject), peer
+(one forward; the peer plans it with `forwarded=True`, which in the peer's cloud mode may send it
+to the peer's cloud endpoint; refused there → the local instance the plan named, if any), cloud
+(a cloud spill that fails → the local instance the plan named, if time is left), or reject.
 
 What is modelled more simply than the site: an instance is one FIFO worker whose time per request
 is the request's CPU time over its CPU share; the site's wait queue is FIFO, newest-first once
 standing (`standing_after_ms`), with a joiner of a standing queue waiting at most
 `queue_target_ms` (the gate's rules, re-stated here because the gate's own queue is asyncio);
-no hedging, no overload states (every site stays `normal`), no GPU-busy signal, no cache hits.
+no hedging, no GPU-busy signal, no cache hits; the overload alerts (AlertEngine over in-flight
+and p99 readings) are not evaluated, so a site turns hot by its hand-off share only; the cloud
+endpoint has unbounded capacity and fails only by answering past the request's deadline.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import simpy
 
@@ -41,6 +51,7 @@ from agent.admission import AdmissionSettings, InstanceGate
 from agent.inflight import LocalLoadCounters
 from agent.router import PlanRequest, plan
 from agent.view import PeerChoice, ServiceView, View
+from monitoring.overload import OverloadMachine, handoff_hot
 from sim.metrics import Metrics, Outcome
 from sim.scenario import Scenario
 from sim.topology import InstanceSpec, SiteSpec, Topology, build_topology
@@ -53,6 +64,9 @@ from tools.runtimes.base import Instance
 Process = Generator[simpy.Event, Any, Any]
 
 SERVED, REFUSED, EXPIRED = "served", "refused", "expired"
+
+LogTier = Literal["local", "peer", "cloud", "reject"]
+"""The tier a site's request log records a finished request under (`route.tier`)."""
 
 
 def _seed(*parts: object) -> int:
@@ -131,6 +145,48 @@ class SimSite:
             if cloud_urls
             else None
         )
+        self.overload = OverloadMachine(
+            cloud_after_s=swarm.overload_cloud_after_s,
+            calm_s=swarm.overload_calm_s,
+            min_dwell_s=swarm.overload_min_dwell_s,
+        )
+        self.log: deque[list[int]] = deque(maxlen=int(swarm.request_window_s) + 2)
+        """The request log's window: [second, requests, handed] per simulated second."""
+
+    # The request log and the overload state (as `api.site.Site.step_overload`).
+
+    def logged(self, tier: LogTier) -> None:
+        """One request finished here under `tier` (the request log's `record`)."""
+        second = int(self.sim.env.now)
+        if not self.log or self.log[-1][0] != second:
+            self.log.append([second, 0, 0])
+        bucket = self.log[-1]
+        bucket[1] += 1
+        if tier in ("peer", "cloud"):
+            bucket[2] += 1
+
+    def step_overload(self, now: float) -> None:
+        """One metrics sample: hot by the hand-off share of the window, room if a peer is normal."""
+        swarm = self.sim.scenario.swarm
+        horizon = int(now) - int(swarm.request_window_s)
+        requests = handed = 0
+        for second, count, away in self.log:
+            if second > horizon:
+                requests += count
+                handed += away
+        hot = handoff_hot(
+            False,
+            requests,
+            handed,
+            self.overload.state,
+            swarm.overload_handoff_share,
+            swarm.overload_release_share,
+        )
+        self.overload.step(hot, self.peers_have_room(), now)
+
+    def peers_have_room(self) -> bool:
+        """Whether some fresh peer reports itself normal (`api.swarm_node.SwarmNode.peers_have_room`)."""
+        return any(entry.load.overload == "normal" for entry in self.table.fresh())
 
     # What the router reads.
 
@@ -145,6 +201,8 @@ class SimSite:
         return PeerChoice(pick.site_id, "sim", 0, pick.score_ms, pick.reason)
 
     def view(self, service: str) -> View:
+        """The router's view for one request (as `api.site.Site.view_for` builds it)."""
+        swarm, state = self.sim.scenario.swarm, self.overload.state
         return View(
             site_id=self.id,
             services=self.sim.service_views,
@@ -153,8 +211,8 @@ class SimSite:
             gpu_busy=False,
             retry_after_s=1,
             choose_peer=self.choose if self.table.peer_ids else None,
-            spill_share=self.sim.scenario.swarm.peer_spill_share,
-            cloud_spill=False,
+            spill_share=swarm.peer_spill_share if state == "normal" else swarm.overload_spill_share,
+            cloud_spill=state == "cloud",
             cloud=self.cloud,
         )
 
@@ -168,6 +226,7 @@ class SimSite:
                 name: ServiceLoad.of(insts, self.loads) for name, insts in self.instances.items() if insts
             },
             cpu_percent=0.0,
+            overload=self.overload.state,
         )
 
     # Serving through a gate.
@@ -307,7 +366,9 @@ class Simulation:
         key_rng = random.Random(_seed(self.scenario.seed, "keys", stream.site, stream.kind))
         affinity = self.scenario.services[stream.service].affinity
         env = self.env
-        for at in arrivals(stream, rng, self.scenario.duration_s):
+        stop_s = stream.profile.stop_s
+        until_s = self.scenario.duration_s if stop_s is None else min(stop_s, self.scenario.duration_s)
+        for at in arrivals(stream, rng, until_s):
             yield env.timeout(at - env.now)
             key = f"d{key_rng.randrange(max(1, stream.devices))}" if affinity else None
             env.process(self._request(self.sites[stream.site], stream.service, stream.budget_ms, key))
@@ -322,60 +383,98 @@ class Simulation:
         view = site.view(service)
         decision = plan(PlanRequest(service=service, affinity=key, budget_ms=budget_ms - door_s * 1000), view)
         outcome: Outcome = "reject"
+        tier: LogTier = "reject"
         if decision.tier == "local":
             assert decision.instance is not None
             result = yield from site.serve(decision.instance, deadline)
+            tier = "local" if result != REFUSED else "reject"
             if result == SERVED:
                 outcome = "local"
             elif result == REFUSED:
+                # The gate refused it before anything was sent: a peer, else the cloud, in what is left.
                 left_ms = (deadline - env.now) * 1000
                 peer = view.choose_peer(service, left_ms) if view.choose_peer and left_ms > 0 else None
                 cloud = (
-                    None if peer is not None or site.cloud is None else site.cloud.choice(service, left_ms)
+                    None
+                    if peer is not None or site.cloud is None or left_ms <= 0
+                    else site.cloud.choice(service, left_ms)
                 )
                 if peer is not None:
-                    outcome = yield from self._forward(site, peer, service, deadline)
+                    outcome, tier = (yield from self._forward(site, peer, service, deadline)), "peer"
                 elif cloud is not None:
-                    outcome = yield from self._cloud(site, service)
-        elif decision.tier == "peer":
-            assert decision.peer is not None
-            outcome = yield from self._forward(site, decision.peer, service, deadline)
+                    outcome, tier = (yield from self._cloud(site, service, deadline)), "cloud"
+        elif decision.tier in ("peer", "cloud"):
+            if decision.tier == "peer":
+                assert decision.peer is not None
+                outcome = yield from self._forward(site, decision.peer, service, deadline)
+            else:
+                outcome = yield from self._cloud(site, service, deadline)
+            tier = decision.tier
             if outcome == "reject" and decision.instance is not None and env.now < deadline:
+                # A spill the peer or the cloud could not take: the local instance still can.
                 result = yield from site.serve(decision.instance, deadline)
                 outcome = "local" if result == SERVED else "reject"
-        elif decision.tier == "cloud":
-            outcome = yield from self._cloud(site, service)
+                tier = "local" if result != REFUSED else "reject"
+        site.logged(tier)
         if start >= self.scenario.warmup_s:
             latency_ms = (env.now - start) * 1000 + self.scenario.swarm.front_door_ms
             self.metrics.record(outcome, latency_ms, budget_ms)
             self.by_site[site.index].record(outcome, latency_ms, budget_ms)
 
     def _forward(self, site: SimSite, peer: PeerChoice, service: str, deadline: float) -> Process:
-        """One forward: half the RTT there, the peer's own plan (forwarded: served or refused), back."""
+        """One forward: half the RTT there, the peer's own plan (forwarded: served there, sent to
+        its cloud endpoint in its cloud mode, or refused), back."""
         env = self.env
         target = self.by_id[peer.site_id]
         forward = site.table.forward_started(peer.site_id, service)
         rtt_s = self._rtt_ms(site.index, target.index) / 1000
         extra_s = self.scenario.swarm.forward_extra_ms / 1000
         yield env.timeout(rtt_s / 2 + extra_s / 2)
-        left_ms = (deadline - env.now - rtt_s / 2 - extra_s / 2) * 1000
+        back_deadline = deadline - rtt_s / 2 - extra_s / 2
+        left_ms = (back_deadline - env.now) * 1000
         decision = plan(PlanRequest(service=service, budget_ms=left_ms, forwarded=True), target.view(service))
-        served = False
+        outcome: Outcome = "reject"
+        tier: LogTier = "reject"
         if decision.tier == "local" and decision.instance is not None:
             result = yield from target.serve(decision.instance, deadline)
-            served = result == SERVED
+            outcome = "peer" if result == SERVED else "reject"
+            tier = "local" if result != REFUSED else "reject"
+        elif decision.tier == "cloud" and target.cloud is not None:
+            outcome, tier = (yield from self._cloud(target, service, back_deadline)), "cloud"
+        target.logged(tier)
         yield env.timeout(rtt_s / 2 + extra_s / 2)
         forward.done()
-        return "peer" if served else "reject"
+        return outcome
 
-    def _cloud(self, site: SimSite, service: str) -> Process:
+    def _cloud(self, site: SimSite, service: str, deadline: float) -> Process:
+        """The service's cloud endpoint: "cloud", or "reject" when its answer would come after
+        `deadline` (the forwarder gives up then, with a 504)."""
         assert site.cloud is not None
         target = site.cloud.targets[service]
         target.sent += 1
         answer_ms = _lognormal(self.cloud_rng, self.scenario.cloud.answer_ms, self.scenario.cloud.cv)
+        left_s = deadline - self.env.now
+        if answer_ms / 1000 > left_s:
+            yield self.env.timeout(max(0.0, left_s))
+            return "reject"
         yield self.env.timeout(answer_ms / 1000)
         target.answered_in(answer_ms)
         return "cloud"
+
+    def _sample(self) -> Process:
+        """Every `sample_interval_s`, each site steps its overload state; the site-time in each
+        state (after the warm-up, within the duration) and the changes go to the metrics."""
+        interval = self.scenario.swarm.sample_interval_s
+        warmup, duration = self.scenario.warmup_s, self.scenario.duration_s
+        while self.env.now + interval <= duration:
+            yield self.env.timeout(interval)
+            now = float(self.env.now)
+            counted = min(interval, max(0.0, now - warmup))
+            for site in self.sites:
+                if counted > 0:
+                    self.metrics.state_s[site.overload.state] += counted
+                site.step_overload(now)
+        self.metrics.transitions = sum(site.overload.transitions for site in self.sites)
 
     # The run.
 
@@ -388,6 +487,7 @@ class Simulation:
                 env.process(self._gossip(site))
         for stream in self.streams:
             env.process(self._arrivals(stream))
+        env.process(self._sample())
         duration = self.scenario.duration_s
         if progress is not None:
 

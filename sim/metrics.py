@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from config.settings import OverloadState
 
 Outcome = Literal["local", "peer", "cloud", "reject"]
+
+OVERLOAD_STATES: tuple[OverloadState, ...] = ("normal", "shedding", "cloud")
 
 
 @dataclass(slots=True)
@@ -23,6 +27,10 @@ class Metrics:
     late: int = 0
     """Answered after the request's budget."""
     latencies_ms: array[float] = field(default_factory=lambda: array("d"))
+    state_s: dict[OverloadState, float] = field(default_factory=lambda: dict.fromkeys(OVERLOAD_STATES, 0.0))
+    """Site-seconds spent in each overload state (summed over sites, after the warm-up)."""
+    transitions: int = 0
+    """Overload state changes of all sites over the whole run (the flapping figure)."""
 
     def record(self, outcome: Outcome, latency_ms: float, budget_ms: float) -> None:
         self.requests += 1
@@ -55,6 +63,11 @@ class Metrics:
     def peer_fraction(self) -> float:
         return self._share(self.peer)
 
+    def state_share(self, state: OverloadState) -> float:
+        """The share of site-time (after the warm-up) spent in `state`."""
+        total = sum(self.state_s.values())
+        return self.state_s[state] / total if total else 0.0
+
     def percentile_ms(self, pct: float) -> float:
         """Nearest-rank percentile of the answered requests' latency (NaN with none)."""
         values = sorted(self.latencies_ms)
@@ -63,7 +76,7 @@ class Metrics:
         rank = max(1, math.ceil(pct / 100 * len(values)))
         return values[rank - 1]
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "sla_violation_rate": round(self.violation_rate, 6),
@@ -73,4 +86,6 @@ class Metrics:
             "peer_fraction": round(self.peer_fraction, 6),
             "rejected": self.rejected,
             "late": self.late,
+            "overload_site_time": {state: round(self.state_share(state), 6) for state in OVERLOAD_STATES},
+            "overload_transitions": self.transitions,
         }

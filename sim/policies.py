@@ -1,7 +1,7 @@
 """The balancing policies the simulator compares.
 
 Every policy runs the same site code: `agent.router.plan()` decides local vs. peer vs. cloud vs.
-reject, with the site's default spill share; the policy is only the `policy` argument of
+reject, with the spill share of the site's overload state; the policy is only the `policy` argument of
 `swarm.balancer.choose_peer`, i.e. which peer gets a request that plan() (or a gate that refused
 it) hands on. That is exactly what `MEC_BALANCER` changes on a real site.
 """

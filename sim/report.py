@@ -8,19 +8,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sim.metrics import Metrics
+from sim.metrics import OVERLOAD_STATES, Metrics
 
 
 def table(results: Mapping[str, Metrics]) -> str:
-    """A Markdown table, one row per policy."""
+    """A Markdown table, one row per policy; "site-time" is the share of site-seconds (after the
+    warm-up) each overload state held, "state changes" the changes of all sites over the run."""
     lines = [
-        "| policy | requests | SLA violations | p50 ms | p99 ms | cloud offload | peer forwards |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| policy | requests | SLA violations | p50 ms | p99 ms | cloud offload | peer forwards "
+        "| site-time normal / shedding / cloud | state changes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in results.items():
+        states = " / ".join(f"{m.state_share(state):.0%}" for state in OVERLOAD_STATES)
         lines.append(
             f"| {name} | {m.requests:,} | {m.violation_rate:.2%} | {_ms(m.percentile_ms(50))} | "
-            f"{_ms(m.percentile_ms(99))} | {m.cloud_fraction:.2%} | {m.peer_fraction:.2%} |"
+            f"{_ms(m.percentile_ms(99))} | {m.cloud_fraction:.2%} | {m.peer_fraction:.2%} "
+            f"| {states} | {m.transitions} |"
         )
     return "\n".join(lines)
 
@@ -35,7 +39,8 @@ def write_json(path: Path, header: Mapping[str, Any], results: Mapping[str, Metr
 
 
 def plot(path: Path, title: str, results: Mapping[str, Metrics]) -> None:
-    """Three panels: SLA-violation rate, p50/p99 latency, cloud and peer shares, per policy."""
+    """Four panels per policy: SLA-violation rate, p50/p99 latency, cloud and peer shares, and
+    the site-time in each overload state."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +48,7 @@ def plot(path: Path, title: str, results: Mapping[str, Metrics]) -> None:
 
     names: Sequence[str] = list(results)
     ms = [results[n] for n in names]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     axes[0].bar(names, [100 * m.violation_rate for m in ms], color="#c0392b")
     axes[0].set_title("SLA violations (%)")
     x = range(len(names))
@@ -57,6 +62,15 @@ def plot(path: Path, title: str, results: Mapping[str, Metrics]) -> None:
     axes[2].set_xticks(list(x), names)
     axes[2].set_title("served by the cloud / a peer (%)")
     axes[2].legend()
+    bottom = [0.0] * len(names)
+    colours = {"normal": "#27ae60", "shedding": "#f39c12", "cloud": "#8e44ad"}
+    for state in OVERLOAD_STATES:
+        shares = [100 * m.state_share(state) for m in ms]
+        axes[3].bar(names, shares, bottom=bottom, label=state, color=colours[state])
+        bottom = [b + v for b, v in zip(bottom, shares, strict=True)]
+    axes[3].set_title("site-time by overload state (%)")
+    axes[3].set_ylim(0, 118)
+    axes[3].legend(loc="upper center", ncol=3, fontsize="small")
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=20)
     fig.suptitle(title)

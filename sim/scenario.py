@@ -110,6 +110,8 @@ class ProfileSpec(BaseModel):
     diurnal: DiurnalSpec = DiurnalSpec()
     budget_ms: Positive | None = None
     """This kind's budget (default: the service's)."""
+    stop_s: Positive | None = None
+    """These devices stop sending at this simulated time (a load that ends; None: never)."""
 
 
 class CloudSpec(BaseModel):
@@ -144,6 +146,20 @@ class SwarmSpec(BaseModel):
     """The front door's own time per request on each site it passes."""
     max_peers: int | None = Field(default=None, ge=1)
     """Each site's peers are its nearest `max_peers` sites (None: every other site)."""
+    sample_interval_s: Positive = Field(default_factory=lambda: _default("sample_interval_s"))
+    """How often a site steps its overload state (the site's metrics sample)."""
+    request_window_s: float = Field(default=10.0, ge=1)
+    """The request log's window that the hand-off share is taken over (the site's: 10 s)."""
+    overload_spill_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        default_factory=lambda: _default("overload_spill_share")
+    )
+    overload_handoff_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        default_factory=lambda: _default("overload_handoff_share")
+    )
+    overload_release_share: Share = Field(default_factory=lambda: _default("overload_release_share"))
+    overload_cloud_after_s: float = Field(default_factory=lambda: _default("overload_cloud_after_s"), ge=0)
+    overload_calm_s: float = Field(default_factory=lambda: _default("overload_calm_s"), ge=0)
+    overload_min_dwell_s: float = Field(default_factory=lambda: _default("overload_min_dwell_s"), ge=0)
 
 
 class Scenario(BaseModel):

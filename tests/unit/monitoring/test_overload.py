@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from monitoring.overload import OverloadMachine
+from config.settings import OverloadState
+from monitoring.overload import OverloadMachine, handoff_hot
 
 
 def _run(machine: OverloadMachine, samples: list[tuple[bool, bool]], start: float = 0.0) -> list[str]:
     """One sample a second; the state after each change."""
-    seen = []
+    seen: list[str] = []
     for n, (hot, room) in enumerate(samples):
         change = machine.step(hot, room, start + n)
         if change is not None:
@@ -40,3 +41,20 @@ def test_cloud_mode_steps_back_to_shedding_once_a_peer_has_room_for_calm_s() -> 
     machine = OverloadMachine(cloud_after_s=5, calm_s=10, min_dwell_s=5)
     changes = _run(machine, [(True, False)] * 12 + [(True, True)] * 11)
     assert changes == ["shedding", "cloud", "shedding"]
+
+
+def test_a_site_handing_off_more_than_the_handoff_share_is_hot_while_normal() -> None:
+    assert handoff_hot(False, 100, 26, "normal", 0.25, 0.05)
+    assert not handoff_hot(False, 100, 25, "normal", 0.25, 0.05)
+
+
+def test_once_shedding_it_stays_hot_down_to_the_release_share() -> None:
+    states: tuple[OverloadState, ...] = ("shedding", "cloud")
+    for state in states:
+        assert handoff_hot(False, 100, 6, state, 0.25, 0.05)
+        assert not handoff_hot(False, 100, 5, state, 0.25, 0.05)
+
+
+def test_a_firing_alert_is_hot_and_no_requests_without_one_is_not() -> None:
+    assert handoff_hot(True, 0, 0, "normal", 0.25, 0.05)
+    assert not handoff_hot(False, 0, 0, "shedding", 0.25, 0.0)

@@ -119,3 +119,60 @@ def test_default_turns_away_from_a_peer_it_has_already_sent_many_forwards() -> N
         me.table.forward_started("site-3", "inference")  # 4 ms × 12/2 = 24 ms now
     picks = {me.choose("inference", 100.0).site_id for _ in range(50)}  # type: ignore[union-attr]
     assert "site-3" not in picks
+
+
+def _overloaded(cloud: bool) -> Simulation:
+    """3 sites of equal weight, one whole-core inference instance each (~330 req/s), offered ~3×
+    that for 6 s, then a trickle until 22 s; quick overload knobs so the whole breach fits. (On a
+    0.25-core instance, 12 ms a request, cloud mode's 10 % spill share of a 200 ms budget sends
+    every request that finds one ahead of it to the cloud: that alone keeps a lightly loaded
+    site over the 5 % release share, in cloud mode.)"""
+    scenario = _scenario(
+        duration_s=22.0,
+        warmup_s=0.5,
+        devices=1000,
+        topology={"site_weight_sigma": 0.0},
+        services={
+            "inference": {
+                "budget_ms": 200,
+                "cpu_ms": 3,
+                "cpu_share": {"low": 1.0, "high": 1.0},
+                "cloud": True,
+            }
+        },
+        profiles={
+            "rush": {"service": "inference", "share": 0.9, "rate_per_device": 3.3, "stop_s": 6.0},
+            "trickle": {"service": "inference", "share": 0.1, "rate_per_device": 0.6},
+        },
+        cloud={"enabled": cloud},
+        swarm={
+            "request_window_s": 2.0,
+            "overload_cloud_after_s": 1.0,
+            "overload_calm_s": 3.0,
+            "overload_min_dwell_s": 2.0,
+        },
+    )
+    return Simulation(scenario, "default")
+
+
+def test_an_overloaded_swarm_sheds_then_offloads_to_the_cloud_and_calms_down_without_flapping() -> None:
+    sim = _overloaded(cloud=True)
+    metrics = sim.run()
+    assert metrics.cloud_fraction > 0
+    for site in sim.sites:
+        path = [change.after for change in site.overload.history]
+        assert path[:2] == ["shedding", "cloud"], (site.id, path)
+        assert site.overload.state == "normal", (site.id, path)
+        # one breach: at most two changes up (normal → shedding → cloud), two down
+        assert site.overload.transitions <= 4, (site.id, path)
+    assert metrics.transitions == sum(site.overload.transitions for site in sim.sites)
+    assert metrics.state_share("cloud") > 0
+    assert metrics.state_share("normal") > 0
+
+
+def test_without_a_cloud_endpoint_nothing_goes_to_the_cloud_even_in_cloud_mode() -> None:
+    sim = _overloaded(cloud=False)
+    metrics = sim.run()
+    assert any("cloud" in [c.after for c in site.overload.history] for site in sim.sites)
+    assert metrics.cloud_fraction == 0
+    assert metrics.cloud == 0
