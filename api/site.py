@@ -518,12 +518,15 @@ class Site:
 
         Hot (`monitoring.overload.handoff_hot`) means an overload alert is firing, or the site
         hands more than `overload_handoff_share` of its requests (last 10 s) to peers or the cloud
-        (`overload_release_share` to stay hot once shedding)."""
+        or refuses them for want of capacity (`overload_release_share` to stay hot once shedding)."""
         metrics = set(self.settings.overload_alert_metrics)
         hot = handoff_hot(
             any(alert.metric in metrics for alert in self.alerts.engine.firing()),
             sum(row.requests for row in snapshot.requests),
-            sum(row.by_tier.get("peer", 0) + row.by_tier.get("cloud", 0) for row in snapshot.requests),
+            sum(
+                row.by_tier.get("peer", 0) + row.by_tier.get("cloud", 0) + row.rejected
+                for row in snapshot.requests
+            ),
             self.overload.state,
             self.settings.overload_handoff_share,
             self.settings.overload_release_share,

@@ -37,9 +37,11 @@ def handoff_hot(
 ) -> bool:
     """Whether a site is hot this sample: the `hot` input of `OverloadMachine.step`.
 
-    Hot when an overload alert is firing (`alert_hot`), or when the site handed more than a share
-    of its recent `requests` (the request log's window, 10 s) to peers or the cloud (`handed`: the
-    requests it served by tier `peer` or `cloud`): `handoff_share` to become hot while `normal`
+    Hot when an overload alert is firing (`alert_hot`), or when the site did not serve more than a
+    share of its recent `requests` (the request log's window, 10 s) itself (`handed`: the requests
+    it handed to a peer or the cloud, tiers `peer` and `cloud`, plus those it refused for want of
+    capacity, the request log's `rejected`: forwards from peers included, so a site its peers
+    overload turns hot too): `handoff_share` to become hot while `normal`
     (a site that cannot serve what it is offered is overloaded, whatever its own figures say: its
     adaptive limits keep them in bounds), `release_share` to stay hot while shedding or in cloud
     mode (shedding lowers the very figures that made it hot, so the site steps back when its own

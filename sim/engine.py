@@ -14,7 +14,7 @@ simulation's clock (`env.now`, seconds):
   `sample_interval_s` as `api.site.Site.step_overload` steps it: hot is
   `monitoring.overload.handoff_hot` over the site's own request log of the last
   `request_window_s` (requests finished here by tier, forwarded ones included, handed = tier
-  `peer` or `cloud`), peers have room when a fresh peer in its load table reports `normal`
+  `peer` or `cloud`, or refused for capacity: tier `reject`), peers have room when a fresh peer in its load table reports `normal`
   (`SwarmNode.peers_have_room`); its state goes out in its load reports, as the real gossip's.
 
 Per request the site builds an `agent.view.View` as `Site.view_for` does (its instances, their
@@ -162,7 +162,7 @@ class SimSite:
             self.log.append([second, 0, 0])
         bucket = self.log[-1]
         bucket[1] += 1
-        if tier in ("peer", "cloud"):
+        if tier in ("peer", "cloud", "reject"):  # not served here (a simulated reject is for capacity)
             bucket[2] += 1
 
     def step_overload(self, now: float) -> None:
