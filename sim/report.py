@@ -56,12 +56,14 @@ def plot(path: Path, title: str, results: Mapping[str, Metrics]) -> None:
     axes[1].bar([i + 0.2 for i in x], [m.percentile_ms(99) for m in ms], width=0.4, label="p99")
     axes[1].set_xticks(list(x), names)
     axes[1].set_title("latency of answers (ms)")
-    axes[1].legend()
+    axes[1].set_ylim(0, 1.25 * max([m.percentile_ms(99) for m in ms] + [1.0]))
+    axes[1].legend(loc="upper center", ncol=2, fontsize="small")
     axes[2].bar([i - 0.2 for i in x], [100 * m.cloud_fraction for m in ms], width=0.4, label="cloud")
     axes[2].bar([i + 0.2 for i in x], [100 * m.peer_fraction for m in ms], width=0.4, label="peer")
     axes[2].set_xticks(list(x), names)
     axes[2].set_title("served by the cloud / a peer (%)")
-    axes[2].legend()
+    axes[2].set_ylim(0, 1.25 * max([100 * max(m.cloud_fraction, m.peer_fraction) for m in ms] + [1.0]))
+    axes[2].legend(loc="upper center", ncol=2, fontsize="small")
     bottom = [0.0] * len(names)
     colours = {"normal": "#27ae60", "shedding": "#f39c12", "cloud": "#8e44ad"}
     for state in OVERLOAD_STATES:
