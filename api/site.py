@@ -307,6 +307,7 @@ class Site:
             "late": self.dispatcher.late,
             "hedged": self.dispatcher.hedged,
             "hedges_won": self.dispatcher.hedges_won,
+            "hedges_refused": self.dispatcher.hedges.refused,
         }
 
     def overloaded(self) -> bool:

@@ -274,7 +274,15 @@ def bench(workdir: Path, quick: bool, report: dict[str, Any]) -> None:
             run_json(spread_run(swarm, gens, f"3x with cloud, round {n + 1}/{count}", rate, measure_s))
             for n in range(count)
         ]
+        hedging = {}
+        for sid in SITE_IDS:
+            status, raw = swarm_get(swarm, sid, "/v1/metrics/snapshot")
+            if status == 200:
+                admission = json.loads(raw)["admission"]
+                hedging[sid] = {k: admission.get(k) for k in ("hedged", "hedges_won", "hedges_refused")}
+        print(f"hedges per site (since start): {hedging}", flush=True)
         report["cloud_3x"] = {
+            "hedging": hedging,
             "rate_rps": rate,
             "warm_up": run_json(warm),
             "rounds": rounds,
