@@ -17,11 +17,17 @@ def test_chat_suite_has_sixty_cases_or_more_in_every_category() -> None:
 
 
 def test_chat_suite_names_only_tools_and_actions_the_site_has() -> None:
+    from tools.alert_ops import ALERT_ACTIONS
     from tools.cache_manager import CACHE_ACTIONS
     from tools.container_ops import CONTAINER_ACTIONS
     from tools.swarm_ops import SWARM_ACTIONS
 
-    actions = {"container_ops": CONTAINER_ACTIONS, "cache_manager": CACHE_ACTIONS, "swarm_ops": SWARM_ACTIONS}
+    actions: dict[str, frozenset[str]] = {
+        "container_ops": CONTAINER_ACTIONS,
+        "cache_manager": CACHE_ACTIONS,
+        "swarm_ops": SWARM_ACTIONS,
+        "alert_ops": ALERT_ACTIONS,
+    }
     for case in load_chat_suite().cases:
         for call in case.expect.calls:
             assert call.tool in {*actions, "metrics_monitor"}, case.id
