@@ -58,7 +58,7 @@ class NotReadyError(RuntimeError):
         self.tail = tail
 
 
-class _StopsOnExit:
+class StopsOnExit:
     """A `with` block stops it on the way out."""
 
     def stop(self) -> int | None:
@@ -73,7 +73,7 @@ class _StopsOnExit:
         self.stop()
 
 
-class ChildProcess(_StopsOnExit):
+class ChildProcess(StopsOnExit):
     """One child process: `start()` it, `wait_line`/`wait_ready` for it, read `lines()`/`tail()`,
     `stop()` it.
 
@@ -387,7 +387,7 @@ def generated_key(role: str) -> str:
     return f"{role}_{secrets.token_urlsafe(18)}"
 
 
-class SiteProcess(_StopsOnExit):
+class SiteProcess(StopsOnExit):
     """`mec serve` as a child process, ready when it prints `ready on URL` (it picks a free port
     itself with `port=0`, the default), stopped by pid.
 

@@ -20,7 +20,7 @@ from agent.cloud_forwarding import CloudForwarder
 from agent.dispatch import Dispatcher
 from agent.inflight import LoadCounters, LocalLoadCounters
 from agent.models.build import build_chat_model
-from agent.policy import CALLER_KEY
+from agent.policy import CALLER_KEY, Caller
 from agent.request_trace import RequestTracer
 from agent.upstream import UpstreamPool
 from agent.view import ServiceView, View
@@ -192,7 +192,7 @@ class AlertChannel:
 def _caller_key_id(invocation_state: Mapping[str, Any]) -> str:
     """The key id of a chat turn's caller (who acknowledged an alert through `alert_ops`)."""
     caller = invocation_state.get(CALLER_KEY)
-    return str(getattr(caller, "key_id", "") or getattr(caller, "session_id", ""))
+    return (caller.key_id or caller.session_id) if isinstance(caller, Caller) else ""
 
 
 @dataclass

@@ -234,11 +234,7 @@ def bench(workdir: Path, quick: bool, report: dict[str, Any]) -> None:
         }
         swarm = Swarm(workdir, "docker", CAPACITY_CPUS, CPU_PERIOD_MS, extra_env=env)
         print("starting the cloud stand-in and 3 sites ...", flush=True)
-        for sid in SITE_IDS:
-            swarm.launch(sid)
-        for sid in SITE_IDS:
-            swarm.wait_ready(sid)
-        report["first_leader"] = swarm.settled()
+        report["first_leader"] = swarm.start_all()
         place(swarm, CAPACITY_SERVICE, dict.fromkeys(SITE_IDS, 1), [("scale", 3)])
         gens = Generators(len(SITE_IDS))
 

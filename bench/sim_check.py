@@ -154,11 +154,7 @@ def main() -> int:
         gens: sb.Generators | None = None
         try:
             print(f"starting 3 sites ({args.runtime} runtime) ...", flush=True)
-            for sid in sb.SITE_IDS:
-                swarm.launch(sid)
-            for sid in sb.SITE_IDS:
-                swarm.wait_ready(sid)
-            swarm.settled()
+            swarm.start_all()
             sb.place(swarm, sb.CAPACITY_SERVICE, dict.fromkeys(sb.SITE_IDS, 1), [("scale", 3)])
             gens = sb.Generators(1)
             sb.open_run(swarm, gens, "warm-up", "site-1", 50, 2.0, sb.QUICK, measured=False, kind="inference")

@@ -345,6 +345,14 @@ class Swarm:
         leader = leaders.pop() if len(leaders) == 1 else None
         return leader if leader in among else None
 
+    def start_all(self) -> str:
+        """Start every site, wait until each is ready and they agree on a leader: its id."""
+        for sid in SITE_IDS:
+            self.launch(sid)
+        for sid in SITE_IDS:
+            self.wait_ready(sid)
+        return self.settled()
+
     def settled(self) -> str:
         """Wait until every live site names the same leader and every site is a member of all views."""
 
@@ -1536,11 +1544,7 @@ def bench(workdir: Path, profile: Profile, kills: int, report: dict[str, Any]) -
         started = time.monotonic()
         progress.step("starting 3 sites")
         print("starting 3 sites ...", flush=True)
-        for sid in SITE_IDS:
-            swarm.launch(sid)
-        for sid in SITE_IDS:
-            swarm.wait_ready(sid)
-        report["first_leader"] = swarm.settled()
+        report["first_leader"] = swarm.start_all()
         report["startup_s"] = round(time.monotonic() - started, 2)
         gens = Generators(MAX_GENERATOR_PROCS)
         progress.step("forwarding")

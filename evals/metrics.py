@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from evals.suites import ArgConstraint, ChatExpectation, ExpectedCall
+from tools.metrics_monitor import nearest_rank
 
 ExpectKind = Literal["calls", "no_tool", "ask_back"]
 
@@ -251,11 +252,7 @@ def pass_hat_k(successes_per_case: Iterable[tuple[int, int]], k: int) -> float |
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
     """Nearest rank: the value at rank ⌈fraction·n⌉ of the sorted values (None when empty)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
+    return nearest_rank(sorted(values), fraction) if values else None
 
 
 def _rate(flags: Iterable[bool | None]) -> float | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from config.settings import OverloadState
+from tools.metrics_monitor import nearest_rank
 
 Outcome = Literal["local", "peer", "cloud", "reject"]
 
@@ -71,10 +72,7 @@ class Metrics:
     def percentile_ms(self, pct: float) -> float:
         """Nearest-rank percentile of the answered requests' latency (NaN with none)."""
         values = sorted(self.latencies_ms)
-        if not values:
-            return math.nan
-        rank = max(1, math.ceil(pct / 100 * len(values)))
-        return values[rank - 1]
+        return nearest_rank(values, pct / 100) if values else math.nan
 
     def summary(self) -> dict[str, Any]:
         return {

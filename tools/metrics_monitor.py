@@ -82,11 +82,14 @@ EMPTY_SNAPSHOT = MetricsSnapshot(
 )
 
 
+def nearest_rank(ordered: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of sorted, non-empty values: the one at rank ⌈fraction·n⌉
+    (the first for fraction 0). The one definition the site, `mec eval` and `mec sim` use."""
+    return ordered[min(len(ordered), max(1, math.ceil(fraction * len(ordered)))) - 1]
+
+
 def _percentile(ordered: Sequence[float], fraction: float) -> float:
-    if not ordered:
-        return 0.0
-    index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
-    return round(ordered[index], 3)
+    return round(nearest_rank(ordered, fraction), 3) if ordered else 0.0
 
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)

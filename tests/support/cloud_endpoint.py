@@ -35,10 +35,9 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
-from api.launcher import ChildProcess, http_ready
+from api.launcher import ChildProcess, StopsOnExit, http_ready
 from tools.runtimes.base import free_port
 
 HANG_MAX_S = 60.0
@@ -244,7 +243,7 @@ def digest(payload: Any) -> str:
     return _digest(payload)
 
 
-class CloudEndpoint:
+class CloudEndpoint(StopsOnExit):
     """The stand-in as a child process on a fixed loopback port: start, stop, restart, control.
 
     `port` defaults to a free one, kept across restarts."""
@@ -311,14 +310,6 @@ class CloudEndpoint:
             return dict(answer)
         finally:
             conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def main() -> None:
